@@ -1,0 +1,406 @@
+"""SAC: Soft Actor-Critic with a tanh-Gaussian policy, the Gaussian twin of diffsac.py.
+
+Maximum-entropy RL maximises E[ sum_t gamma^t (r_t + alpha * H(pi(.|s_t))) ]. SAC learns
+twin soft Q functions and a reparameterised policy:
+
+    x ~ N(mu(s), sigma(s)^2),   a = low + (tanh(x) + 1) / 2 * (high - low)
+    log pi(a|s) = log N(x; mu, sigma) - sum_d log(1 - tanh(x_d)^2)
+
+    critic target  y = r + gamma * (1 - terminated) * [ min_i Qbar_i(s', a') - alpha * log pi(a'|s') ],
+                   a' ~ pi(.|s')
+    actor loss     E_s[ alpha * log pi(a|s) - min_i Q_i(s, a) ],  a ~ pi(.|s) reparameterised
+    temperature    loss alpha * stopgrad(H_hat - H_target),  H_hat = -mean(log pi),  H_target = -c * A
+
+Q_i are Polyak-averaged into Qbar_i. `diff baselines/sac.py diffsac.py` shows what changes when
+the Gaussian becomes a diffusion chain.
+
+Run:  python baselines/sac.py --env-id Hopper-v5 --total-timesteps 100000
+"""
+
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (part of the run directory's name)"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda is used when available"""
+    track: bool = False
+    """if toggled, the run is also logged to Weights and Biases"""
+    wandb_project_name: str = "diffusion-maxent-rl"
+    """the W&B project name"""
+    wandb_entity: str | None = None
+    """the W&B entity (team)"""
+    capture_video: bool = False
+    """if toggled, the final evaluation episodes are recorded to `runs/{run_name}/videos`"""
+    save_model: bool = False
+    """if toggled, the trained model is saved to `runs/{run_name}/model.pt`"""
+    evaluate_checkpoint: str | None = None
+    """path of a saved model.pt: evaluate it for `--eval-episodes` episodes instead of training"""
+
+    env_id: str = "Hopper-v5"
+    """the id of the gymnasium environment (continuous actions)"""
+    total_timesteps: int = 1_000_000
+    """total env steps of the experiment"""
+    num_envs: int = 1
+    """the number of parallel environments"""
+    eval_frequency: int = 10_000
+    """evaluate the policy every this many env steps"""
+    eval_episodes: int = 5
+    """the number of episodes of each evaluation"""
+    eval_deterministic: bool = False
+    """if toggled, evaluate the mean action tanh(mu(s)) instead of sampling the policy"""
+    buffer_size: int = 1_000_000
+    """the replay memory size (env transitions)"""
+    gamma: float = 0.99
+    """the discount factor"""
+    tau: float = 0.005
+    """Polyak coefficient of the target critics"""
+    batch_size: int = 256
+    """the minibatch size of each gradient update"""
+    learning_starts: int = 5_000
+    """env steps of warm-up before the first gradient update"""
+    policy_lr: float = 3e-4
+    """the learning rate of the policy and the temperature"""
+    q_lr: float = 1e-3
+    """the learning rate of the critics"""
+    updates_per_step: int = 1
+    """gradient updates per env step"""
+    hidden_dim: int = 256
+    """width of the hidden layers of every network"""
+    alpha_init: float = 0.1
+    """initial entropy temperature alpha"""
+    autotune: bool = True
+    """if toggled, alpha is tuned towards the entropy target"""
+    target_entropy_scale: float = 1.0
+    """c in the entropy target H_target = -c * action_dim"""
+
+
+def to_env(squashed_action, space):
+    """Maps tanh(x) in [-1, 1] to the env's bounds: a = low + (tanh(x) + 1) / 2 * (high - low)."""
+    return space.low + (squashed_action + 1) / 2 * (space.high - space.low)
+
+
+def make_env(env_id, seed):
+    def thunk():
+        env = gym.make(env_id)
+        env = gym.wrappers.RecordEpisodeStatistics(env)
+        env.action_space.seed(seed)
+        return env
+
+    return thunk
+
+
+def check_args(args):
+    """Exit with one clear line on input that cannot train."""
+    try:
+        probe = gym.make(args.env_id)
+    except Exception as error:
+        first_line = (str(error).splitlines() or [type(error).__name__])[0]
+        raise SystemExit(f"error: cannot make --env-id {args.env_id!r}: {first_line}") from None
+    if not isinstance(probe.action_space, gym.spaces.Box):
+        raise SystemExit(
+            f"error: --env-id {args.env_id!r} has action space {probe.action_space}; only continuous (Box) actions are supported"
+        )
+    probe.close()
+    if args.evaluate_checkpoint is not None:
+        return
+    if args.num_envs < 1 or args.batch_size < 1 or args.updates_per_step < 1:
+        raise SystemExit("error: --num-envs, --batch-size and --updates-per-step must be at least 1")
+    if args.total_timesteps <= max(args.learning_starts, args.batch_size):
+        raise SystemExit(
+            f"error: --total-timesteps {args.total_timesteps} must exceed --learning-starts {args.learning_starts} "
+            f"and --batch-size {args.batch_size}, or no gradient update would run"
+        )
+
+
+def check_finite(name, value, step):
+    """Stop training on a NaN or infinite loss (never keep training on it)."""
+    if not torch.isfinite(value):
+        raise SystemExit(f"error: {name} became {value.item()} at env step {step}; stopping")
+
+
+def mlp(in_dim, out_dim, hidden_dim, layer_norm=False):
+    """Two hidden ReLU layers; critics add LayerNorm for stability."""
+    norm = (lambda: nn.LayerNorm(hidden_dim)) if layer_norm else nn.Identity
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        norm(),
+        nn.ReLU(),
+        nn.Linear(hidden_dim, hidden_dim),
+        norm(),
+        nn.ReLU(),
+        nn.Linear(hidden_dim, out_dim),
+    )
+
+
+class SoftQNetwork(nn.Module):
+    """Q(s, a) on the squashed action a in [-1, 1]^A."""
+
+    def __init__(self, obs_dim, action_dim, hidden_dim):
+        super().__init__()
+        self.net = mlp(obs_dim + action_dim, 1, hidden_dim, layer_norm=True)
+
+    def forward(self, obs, action):
+        return self.net(torch.cat([obs, action], -1)).squeeze(-1)
+
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+class Actor(nn.Module):
+    """tanh-Gaussian policy: x ~ N(mu(s), sigma(s)^2), squashed action tanh(x) in [-1, 1]^A."""
+
+    def __init__(self, obs_dim, action_dim, hidden_dim):
+        super().__init__()
+        self.net = mlp(obs_dim, 2 * action_dim, hidden_dim)
+
+    def sample(self, obs, deterministic=False):
+        """Returns the squashed action tanh(x) and log pi of it (reparameterised)."""
+        mean, log_std = self.net(obs).chunk(2, -1)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
+        dist = torch.distributions.Normal(mean, log_std.exp())
+        x = mean if deterministic else dist.rsample()
+        # log(1 - tanh(x)^2) = 2 * (log 2 - x - softplus(-2x)), the numerically stable form
+        log_det = 2 * (np.log(2.0) - x - F.softplus(-2 * x))
+        return torch.tanh(x), (dist.log_prob(x) - log_det).sum(-1)
+
+
+class ReplayBuffer:
+    """Fixed-size FIFO memory of env transitions (s, a, r, s', terminated)."""
+
+    def __init__(self, size, obs_dim, action_shape, device):
+        self.size, self.device, self.pos, self.full = size, device, 0, False
+        self.obs = np.zeros((size, obs_dim), np.float32)
+        self.next_obs = np.zeros((size, obs_dim), np.float32)
+        self.actions = np.zeros((size, *action_shape), np.float32)
+        self.rewards = np.zeros(size, np.float32)
+        self.terminated = np.zeros(size, np.float32)
+
+    def add(self, obs, next_obs, actions, rewards, terminated):
+        for i in range(len(obs)):
+            self.obs[self.pos], self.next_obs[self.pos] = obs[i], next_obs[i]
+            self.actions[self.pos], self.rewards[self.pos] = actions[i], rewards[i]
+            self.terminated[self.pos] = terminated[i]
+            self.pos = (self.pos + 1) % self.size
+            self.full = self.full or self.pos == 0
+
+    def sample(self, batch_size):
+        idx = np.random.randint(0, self.size if self.full else self.pos, batch_size)
+        fields = ("obs", "next_obs", "actions", "rewards", "terminated")
+        return {f: torch.as_tensor(getattr(self, f)[idx], device=self.device) for f in fields}
+
+
+def critic_target(batch, actor, qf1_target, qf2_target, alpha, gamma):
+    """y = r + gamma * (1 - terminated) * [min_i Qbar_i(s', a') - alpha * log pi(a'|s')]."""
+    with torch.no_grad():
+        next_action, next_log_pi = actor.sample(batch["next_obs"])
+        next_q = torch.min(qf1_target(batch["next_obs"], next_action), qf2_target(batch["next_obs"], next_action))
+        return batch["rewards"] + gamma * (1 - batch["terminated"]) * (next_q - alpha * next_log_pi)
+
+
+def actor_loss(obs, actor, qf1, qf2, alpha):
+    """E[alpha * log pi(a|s) - min_i Q_i(s, a)] with a reparameterised; also returns log pi."""
+    action, log_pi = actor.sample(obs)
+    q = torch.min(qf1(obs, action), qf2(obs, action))
+    return (alpha * log_pi - q).mean(), log_pi
+
+
+def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=None):
+    """Undiscounted returns of `episodes` episodes on a fresh env, seeded seed, seed+1, ..."""
+    env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
+    if video_dir:
+        env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda _: True, disable_logger=True)
+    returns = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        done, episode_return = False, 0.0
+        while not done:
+            with torch.no_grad():
+                action, _ = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)
+            obs, reward, terminated, truncated, _ = env.step(to_env(action[0].cpu().numpy(), env.action_space))
+            episode_return += float(reward)
+            done = terminated or truncated
+        returns.append(episode_return)
+    env.close()
+    return np.array(returns)
+
+
+def load_actor(path, device):
+    """Rebuilds the actor of a checkpoint written by --save-model; returns it and the run's Args."""
+    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    saved = Args(**checkpoint["args"])
+    env = gym.make(saved.env_id)
+    actor = Actor(env.observation_space.shape[0], env.action_space.shape[0], saved.hidden_dim)
+    actor.load_state_dict(checkpoint["actor"])
+    return actor.to(device), saved
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    check_args(args)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+
+    if args.evaluate_checkpoint is not None:
+        actor, saved = load_actor(args.evaluate_checkpoint, device)
+        returns = evaluate(actor, saved.env_id, args.eval_episodes, args.seed, args.eval_deterministic, device)
+        print(f"{saved.env_id}: eval returns {np.round(returns, 2).tolist()} mean {returns.mean():.2f}")
+        raise SystemExit(0)
+
+    run_name = f"{args.env_id.replace(':', '_').replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join("runs", run_name)
+    writer = SummaryWriter(run_dir)
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=asdict(args), name=run_name)
+    with open(os.path.join(run_dir, "args.json"), "w") as f:
+        json.dump(asdict(args), f, indent=2)
+    metrics_file = open(os.path.join(run_dir, "metrics.jsonl"), "a")
+    start_time = time.time()
+
+    def log_scalars(step, scalars):
+        """Writes scalars to TensorBoard and, one JSON line per call, to metrics.jsonl."""
+        for tag, value in scalars.items():
+            writer.add_scalar(tag, value, step)
+        metrics_file.write(json.dumps({"step": step, "time": round(time.time() - start_time, 2), **scalars}) + "\n")
+        metrics_file.flush()
+
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, args.seed + i) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
+
+    actor = Actor(obs_dim, action_dim, args.hidden_dim).to(device)
+    qf1, qf2 = (SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device) for _ in range(2))
+    qf1_target, qf2_target = (SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device) for _ in range(2))
+    qf1_target.load_state_dict(qf1.state_dict())
+    qf2_target.load_state_dict(qf2.state_dict())
+    q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
+    log_alpha = torch.tensor(np.log(args.alpha_init), dtype=torch.float32, device=device, requires_grad=True)
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.policy_lr)
+    target_entropy = -args.target_entropy_scale * action_dim
+
+    rb = ReplayBuffer(args.buffer_size, obs_dim, (action_dim,), device)
+    obs, _ = envs.reset(seed=args.seed)
+    recent_returns, last_print, last_log, next_eval = [], start_time, 0, args.eval_frequency
+    num_iterations = args.total_timesteps // args.num_envs
+    for iteration in range(1, num_iterations + 1):
+        global_step = iteration * args.num_envs
+        if global_step <= args.learning_starts:
+            actions = np.random.uniform(-1, 1, (args.num_envs, action_dim)).astype(np.float32)
+        else:
+            with torch.no_grad():
+                actions = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device))[0].cpu().numpy()
+        next_obs, rewards, terminations, truncations, infos = envs.step(to_env(actions, envs.single_action_space))
+
+        # SAME_STEP autoreset: next_obs of a finished env is already the reset obs; the true
+        # last obs is in final_obs. Truncated episodes keep bootstrapping (terminated = 0).
+        real_next_obs = next_obs.copy()
+        if "final_obs" in infos:
+            for i in np.flatnonzero(infos["_final_obs"]):
+                real_next_obs[i] = infos["final_obs"][i]
+                episode = infos["final_info"]["episode"]
+                recent_returns = (recent_returns + [float(episode["r"][i])])[-10:]
+                log_scalars(global_step, {"charts/episodic_return": float(episode["r"][i]), "charts/episodic_length": int(episode["l"][i])})
+        rb.add(obs, real_next_obs, actions, rewards, terminations)
+        obs = next_obs
+
+        if global_step > args.learning_starts:
+            for _ in range(args.updates_per_step * args.num_envs):
+                batch = rb.sample(args.batch_size)
+                alpha = log_alpha.exp().item()
+                y = critic_target(batch, actor, qf1_target, qf2_target, alpha, args.gamma)
+                qf1_values, qf2_values = qf1(batch["obs"], batch["actions"]), qf2(batch["obs"], batch["actions"])
+                qf_loss = F.mse_loss(qf1_values, y) + F.mse_loss(qf2_values, y)
+                check_finite("qf_loss", qf_loss, global_step)
+                q_optimizer.zero_grad()
+                qf_loss.backward()
+                q_optimizer.step()
+
+                policy_loss, log_pi = actor_loss(batch["obs"], actor, qf1, qf2, alpha)
+                check_finite("actor_loss", policy_loss, global_step)
+                actor_optimizer.zero_grad()
+                policy_loss.backward()
+                actor_optimizer.step()
+
+                entropy = -log_pi.detach().mean()
+                if args.autotune:
+                    alpha_loss = log_alpha.exp() * (entropy - target_entropy)
+                    alpha_optimizer.zero_grad()
+                    alpha_loss.backward()
+                    alpha_optimizer.step()
+
+                with torch.no_grad():
+                    for net, target in ((qf1, qf1_target), (qf2, qf2_target)):
+                        for param, target_param in zip(net.parameters(), target.parameters(), strict=True):
+                            target_param.lerp_(param, args.tau)
+
+            if global_step - last_log >= 1000:
+                last_log = global_step
+                log_scalars(
+                    global_step,
+                    {
+                        "losses/qf_loss": qf_loss.item() / 2,
+                        "losses/qf1_values": qf1_values.mean().item(),
+                        "losses/actor_loss": policy_loss.item(),
+                        "policy/alpha": log_alpha.exp().item(),
+                        "policy/entropy": entropy.item(),
+                        "policy/saturated_fraction": (batch["actions"].abs() > 0.99).float().mean().item(),
+                        "charts/SPS": int(global_step / (time.time() - start_time)),
+                    },
+                )
+
+        if global_step >= next_eval or iteration == num_iterations:
+            next_eval += args.eval_frequency
+            final = iteration == num_iterations
+            video_dir = os.path.join(run_dir, "videos") if final and args.capture_video else None
+            returns = evaluate(actor, args.env_id, args.eval_episodes, args.seed + 10_000, args.eval_deterministic, device, video_dir)
+            log_scalars(global_step, {"eval/episodic_return": float(returns.mean())})
+
+        if time.time() - last_print > 5 or iteration == num_iterations:
+            last_print = time.time()
+            sps = global_step / (last_print - start_time)
+            recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
+            eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
+            print(f"step {global_step}/{args.total_timesteps} | return {recent} | SPS {sps:.0f} | time left {eta / 60:.1f} min", flush=True)
+
+    if args.save_model:
+        model_path = os.path.join(run_dir, "model.pt")
+        torch.save(
+            {
+                "args": asdict(args),
+                "actor": actor.state_dict(),
+                "qf1": qf1.state_dict(),
+                "qf2": qf2.state_dict(),
+                "log_alpha": log_alpha.detach(),
+            },
+            model_path,
+        )
+        print(f"model saved to {model_path}")
+    envs.close()
+    writer.close()
+    metrics_file.close()

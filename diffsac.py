@@ -1,0 +1,483 @@
+"""DiffSAC: Soft Actor-Critic on the Diffusion-Augmented MDP (arXiv 2512.02019), diffusion policy.
+
+The policy is a K-step denoising chain in pre-tanh space R^A (../shared/method.md, sections 2-4):
+
+    x_0 ~ N(0, sigma_p^2 I),  q(x_{k+1} | x_k, s, k) = N(x_k + eta_k (-x_k / sigma_p^2 + u(s, x_k, k)), 2 eta_k)
+    a = low + (tanh(x_K) + 1) / 2 * (high - low)
+
+log pi(a|s) of a chain is intractable. The one idea: make every denoising step a step of an
+augmented MDP (the DA-MDP) with state (s, x_k, k) and action x_{k+1}, env reward and discount only
+at k = K-1, and replace log pi by the per-step log ratio against the noising kernel p:
+
+    p(x_k | x_{k+1}) = N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k),   l_k = log q(x_{k+1}|x_k,s,k) - log p(x_k|x_{k+1})
+
+SAC then runs on the DA-MDP with one kernel step per sample, never back-propagating through the chain:
+
+    DA transition  an env transition from the replay buffer with its stored chain x_0..x_K, k ~ U{0..K-1}
+    critic target  k = K-1:  y = r + gamma (1 - terminated) [min_i Qbar_i(s', x'_1, 0) - alpha l'_0],  x'_0 ~ prior
+                   k < K-1:  y = min_i Qbar_i(s, x'_K, K-1) - alpha sum_{j>k} l'_j
+                             (the current policy finishes the chain from x_{k+1}; no reward, no discount)
+    actor loss     E[alpha l_k(theta) - min_i Q_i(s, x_{k+1}(theta), k)],  x_{k+1} ~ q reparameterised
+    temperature    loss alpha * stopgrad(H_hat - H_target),  H_hat = -K mean(l_k),  H_target = -c A
+
+`diff baselines/sac.py diffsac.py` shows exactly what changes from SAC.
+
+Run:  python diffsac.py --env-id Hopper-v5 --total-timesteps 100000
+"""
+
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (part of the run directory's name)"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda is used when available"""
+    track: bool = False
+    """if toggled, the run is also logged to Weights and Biases"""
+    wandb_project_name: str = "diffusion-maxent-rl"
+    """the W&B project name"""
+    wandb_entity: str | None = None
+    """the W&B entity (team)"""
+    capture_video: bool = False
+    """if toggled, the final evaluation episodes are recorded to `runs/{run_name}/videos`"""
+    save_model: bool = False
+    """if toggled, the trained model is saved to `runs/{run_name}/model.pt`"""
+    evaluate_checkpoint: str | None = None
+    """path of a saved model.pt: evaluate it for `--eval-episodes` episodes instead of training"""
+
+    env_id: str = "Hopper-v5"
+    """the id of the gymnasium environment (continuous actions)"""
+    total_timesteps: int = 1_000_000
+    """total env steps of the experiment"""
+    num_envs: int = 1
+    """the number of parallel environments"""
+    eval_frequency: int = 10_000
+    """evaluate the policy every this many env steps"""
+    eval_episodes: int = 5
+    """the number of episodes of each evaluation"""
+    eval_deterministic: bool = False
+    """if toggled, evaluate the noise-free chain (x_0 = 0, every step takes the kernel mean)"""
+    buffer_size: int = 1_000_000
+    """the replay memory size (env transitions)"""
+    gamma: float = 0.99
+    """the discount factor"""
+    tau: float = 0.005
+    """Polyak coefficient of the target critics"""
+    batch_size: int = 256
+    """the minibatch size of each gradient update"""
+    learning_starts: int = 5_000
+    """env steps of warm-up before the first gradient update"""
+    policy_lr: float = 3e-4
+    """the learning rate of the policy and the temperature"""
+    q_lr: float = 1e-3
+    """the learning rate of the critics"""
+    updates_per_step: int = 1
+    """gradient updates per env step"""
+    hidden_dim: int = 256
+    """width of the hidden layers of every network"""
+    alpha_init: float = 0.1
+    """initial entropy temperature alpha"""
+    autotune: bool = True
+    """if toggled, alpha is tuned towards the entropy target"""
+    target_entropy_scale: float = 5.0
+    """c in the entropy target H_target = -c * action_dim (chain entropy relative to the prior)"""
+    diffusion_steps: int = 8
+    """K, the number of denoising steps of the chain"""
+    prior_std: float = 3.0
+    """sigma_p, the std of the prior x_0 ~ N(0, sigma_p^2 I)"""
+    chain_targets: bool = True
+    """if toggled, in-chain critic targets finish the chain to x_K (method.md section 7); else bootstrap one DA step"""
+
+
+def to_env(squashed_action, space):
+    """Maps tanh(x) in [-1, 1] to the env's bounds: a = low + (tanh(x) + 1) / 2 * (high - low)."""
+    return space.low + (squashed_action + 1) / 2 * (space.high - space.low)
+
+
+def make_env(env_id, seed):
+    def thunk():
+        env = gym.make(env_id)
+        env = gym.wrappers.RecordEpisodeStatistics(env)
+        env.action_space.seed(seed)
+        return env
+
+    return thunk
+
+
+def check_args(args):
+    """Exit with one clear line on input that cannot train."""
+    try:
+        probe = gym.make(args.env_id)
+    except Exception as error:
+        first_line = (str(error).splitlines() or [type(error).__name__])[0]
+        raise SystemExit(f"error: cannot make --env-id {args.env_id!r}: {first_line}") from None
+    if not isinstance(probe.action_space, gym.spaces.Box):
+        raise SystemExit(
+            f"error: --env-id {args.env_id!r} has action space {probe.action_space}; only continuous (Box) actions are supported"
+        )
+    probe.close()
+    if args.evaluate_checkpoint is not None:
+        return
+    if args.diffusion_steps < 1:
+        raise SystemExit(f"error: --diffusion-steps must be at least 1, got {args.diffusion_steps}")
+    if args.num_envs < 1 or args.batch_size < 1 or args.updates_per_step < 1:
+        raise SystemExit("error: --num-envs, --batch-size and --updates-per-step must be at least 1")
+    if args.total_timesteps <= max(args.learning_starts, args.batch_size):
+        raise SystemExit(
+            f"error: --total-timesteps {args.total_timesteps} must exceed --learning-starts {args.learning_starts} "
+            f"and --batch-size {args.batch_size}, or no gradient update would run"
+        )
+
+
+def check_finite(name, value, step):
+    """Stop training on a NaN or infinite loss (never keep training on it)."""
+    if not torch.isfinite(value):
+        raise SystemExit(f"error: {name} became {value.item()} at env step {step}; stopping")
+
+
+def mlp(in_dim, out_dim, hidden_dim, layer_norm=False):
+    """Two hidden ReLU layers; critics add LayerNorm for stability."""
+    norm = (lambda: nn.LayerNorm(hidden_dim)) if layer_norm else nn.Identity
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        norm(),
+        nn.ReLU(),
+        nn.Linear(hidden_dim, hidden_dim),
+        norm(),
+        nn.ReLU(),
+        nn.Linear(hidden_dim, out_dim),
+    )
+
+
+class SoftQNetwork(nn.Module):
+    """Q(s, x_{k+1}, k): the soft value of choosing x_{k+1} at denoising step k (x_K is the pre-tanh action)."""
+
+    def __init__(self, obs_dim, action_dim, hidden_dim, diffusion_steps):
+        super().__init__()
+        self.diffusion_steps = diffusion_steps
+        self.net = mlp(obs_dim + action_dim + diffusion_steps, 1, hidden_dim, layer_norm=True)
+
+    def forward(self, obs, x_next, k):
+        step = F.one_hot(k, self.diffusion_steps).float()
+        return self.net(torch.cat([obs, x_next, step], -1)).squeeze(-1)
+
+
+class DiffusionPolicy(nn.Module):
+    """K-step denoising chain x_0 -> x_K in pre-tanh space; the squashed action is tanh(x_K) in [-1, 1]^A."""
+
+    def __init__(self, obs_dim, action_dim, hidden_dim, diffusion_steps, prior_std):
+        super().__init__()
+        self.action_dim, self.diffusion_steps, self.prior_std = action_dim, diffusion_steps, prior_std
+        self.net = mlp(obs_dim + action_dim + diffusion_steps, action_dim, hidden_dim)
+        # u starts at zero: the initial chain is an Ornstein-Uhlenbeck chain that keeps x ~ N(0, sigma_p^2)
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+        # eta_k = 0.5 * sched(k), sched(k) = 0.17 + 0.83 (K - k) / K, learned per (step, dim) through a softplus
+        steps = torch.arange(diffusion_steps, dtype=torch.float32)
+        eta = 0.5 * (0.17 + 0.83 * (diffusion_steps - steps) / diffusion_steps)
+        self.eta_param = nn.Parameter(torch.log(torch.expm1(eta))[:, None].repeat(1, action_dim))
+
+    def eta(self):
+        """Step sizes eta_k, shape (K, A)."""
+        return F.softplus(self.eta_param)
+
+    def kernel(self, obs, x, k):
+        """Mean and std of the denoising kernel q(x_{k+1} | x_k, s, k)."""
+        eta = self.eta()[k]
+        u = self.net(torch.cat([obs, x, F.one_hot(k, self.diffusion_steps).float()], -1))
+        return x + eta * (-x / self.prior_std**2 + u), torch.sqrt(2 * eta)
+
+    def log_ratio(self, x, k, x_next, mean, std):
+        """l_k = log q(x_{k+1} | x_k, s, k) - log p(x_k | x_{k+1}), given q's mean and std."""
+        # Decision (method.md section 2): p is normalised in x_k (drift at x_{k+1}, same eta_k as q),
+        # unlike the reference code, which evaluates the drift at x_k with eta_{k+1}.
+        reverse_mean = x_next - (std**2 / 2) * x_next / self.prior_std**2
+        # q and p share the variance 2 eta_k = std^2, so their normalising constants cancel
+        return (((x - reverse_mean) ** 2 - (x_next - mean) ** 2) / (2 * std**2)).sum(-1)
+
+    def step(self, obs, x, k, deterministic=False):
+        """One denoising step: x_{k+1} ~ q(.|x_k, s, k) (reparameterised) and its log ratio l_k."""
+        mean, std = self.kernel(obs, x, k)
+        x_next = mean if deterministic else mean + std * torch.randn_like(mean)
+        return x_next, self.log_ratio(x, k, x_next, mean, std)
+
+    def sample(self, obs, deterministic=False):
+        """Runs the whole chain from a fresh prior sample; returns tanh(x_K) and the chain x_0..x_K (B, K+1, A)."""
+        x = torch.zeros(obs.shape[0], self.action_dim, device=obs.device)
+        if not deterministic:
+            x = self.prior_std * torch.randn_like(x)
+        chain = [x]
+        for k in range(self.diffusion_steps):
+            mean, std = self.kernel(obs, x, torch.full((obs.shape[0],), k, device=obs.device))
+            x = mean if deterministic else mean + std * torch.randn_like(mean)
+            chain.append(x)
+        return torch.tanh(x), torch.stack(chain, 1)
+
+
+class ReplayBuffer:
+    """Fixed-size FIFO memory of env transitions (s, x_0..x_K, r, s', terminated): the chain is the action."""
+
+    def __init__(self, size, obs_dim, chain_shape, device):
+        self.size, self.device, self.pos, self.full = size, device, 0, False
+        self.obs = np.zeros((size, obs_dim), np.float32)
+        self.next_obs = np.zeros((size, obs_dim), np.float32)
+        self.chains = np.zeros((size, *chain_shape), np.float32)
+        self.rewards = np.zeros(size, np.float32)
+        self.terminated = np.zeros(size, np.float32)
+
+    def add(self, obs, next_obs, chains, rewards, terminated):
+        for i in range(len(obs)):
+            self.obs[self.pos], self.next_obs[self.pos] = obs[i], next_obs[i]
+            self.chains[self.pos], self.rewards[self.pos] = chains[i], rewards[i]
+            self.terminated[self.pos] = terminated[i]
+            self.pos = (self.pos + 1) % self.size
+            self.full = self.full or self.pos == 0
+
+    def sample(self, batch_size):
+        idx = np.random.randint(0, self.size if self.full else self.pos, batch_size)
+        fields = ("obs", "next_obs", "chains", "rewards", "terminated")
+        return {f: torch.as_tensor(getattr(self, f)[idx], device=self.device) for f in fields}
+
+
+def finish_chain(actor, obs, x, first_step, end_step):
+    """Runs kernel steps first_step..end_step-1 of each row without gradient; returns x and the sum of their l."""
+    x, sum_l = x.clone(), torch.zeros(x.shape[0], device=x.device)
+    for j in range(int(first_step.min()), int(end_step.max())):
+        rows = ((first_step <= j) & (j < end_step)).nonzero().squeeze(-1)  # only rows whose chain is at step j
+        x[rows], l_j = actor.step(obs[rows], x[rows], torch.full_like(rows, j))
+        sum_l[rows] += l_j
+    return x, sum_l
+
+
+def critic_target(batch, k, actor, qf1_target, qf2_target, alpha, gamma, chain_targets):
+    """Soft targets of the DA transitions (s, x_k, k) -> x_{k+1} (method.md sections 3, 4 and 7).
+
+    k = K-1, the env step:  y = r + gamma (1 - terminated) [min_i Qbar_i(s', x'_1, 0) - alpha l'_0],  x'_0 ~ prior
+    k < K-1, in the chain:  y = min_i Qbar_i(s, x'_e, e-1) - alpha (l'_{k+1} + ... + l'_{e-1}), no reward, no discount,
+                            e = K (chain targets: an unbiased multi-step target) or e = k+2 (one DA step)
+    """
+    with torch.no_grad():
+        diffusion_steps, rows = actor.diffusion_steps, torch.arange(len(k), device=k.device)
+        last = k == diffusion_steps - 1
+        obs = torch.where(last[:, None], batch["next_obs"], batch["obs"])
+        x_next = batch["chains"][rows, k + 1]
+        # after the env step the chain restarts from a fresh prior sample x'_0 at the next state
+        x = torch.where(last[:, None], actor.prior_std * torch.randn_like(x_next), x_next)
+        first = torch.where(last, 0, k + 1)
+        end = torch.where(last, 1, torch.full_like(k, diffusion_steps) if chain_targets else k + 2)
+        x, sum_l = finish_chain(actor, obs, x, first, end)
+        soft_q = torch.min(qf1_target(obs, x, end - 1), qf2_target(obs, x, end - 1)) - alpha * sum_l
+        env_target = batch["rewards"] + gamma * (1 - batch["terminated"]) * soft_q
+        return torch.where(last, env_target, soft_q)
+
+
+def actor_loss(obs, x, k, actor, qf1, qf2, alpha):
+    """E[alpha l_k(theta) - min_i Q_i(s, x_{k+1}(theta), k)], one reparameterised kernel step from x_k; also returns l_k."""
+    x_next, l_k = actor.step(obs, x, k)
+    q = torch.min(qf1(obs, x_next, k), qf2(obs, x_next, k))
+    return (alpha * l_k - q).mean(), l_k
+
+
+def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=None):
+    """Undiscounted returns of `episodes` episodes on a fresh env, seeded seed, seed+1, ..."""
+    env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
+    if video_dir:
+        env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda _: True, disable_logger=True)
+    returns = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        done, episode_return = False, 0.0
+        while not done:
+            with torch.no_grad():
+                action, _ = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)
+            obs, reward, terminated, truncated, _ = env.step(to_env(action[0].cpu().numpy(), env.action_space))
+            episode_return += float(reward)
+            done = terminated or truncated
+        returns.append(episode_return)
+    env.close()
+    return np.array(returns)
+
+
+def load_actor(path, device):
+    """Rebuilds the actor of a checkpoint written by --save-model; returns it and the run's Args."""
+    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    saved = Args(**checkpoint["args"])
+    env = gym.make(saved.env_id)
+    obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    actor = DiffusionPolicy(obs_dim, action_dim, saved.hidden_dim, saved.diffusion_steps, saved.prior_std)
+    actor.load_state_dict(checkpoint["actor"])
+    return actor.to(device), saved
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    check_args(args)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+
+    if args.evaluate_checkpoint is not None:
+        actor, saved = load_actor(args.evaluate_checkpoint, device)
+        returns = evaluate(actor, saved.env_id, args.eval_episodes, args.seed, args.eval_deterministic, device)
+        print(f"{saved.env_id}: eval returns {np.round(returns, 2).tolist()} mean {returns.mean():.2f}")
+        raise SystemExit(0)
+
+    run_name = f"{args.env_id.replace(':', '_').replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join("runs", run_name)
+    writer = SummaryWriter(run_dir)
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=asdict(args), name=run_name)
+    with open(os.path.join(run_dir, "args.json"), "w") as f:
+        json.dump(asdict(args), f, indent=2)
+    metrics_file = open(os.path.join(run_dir, "metrics.jsonl"), "a")
+    start_time = time.time()
+
+    def log_scalars(step, scalars):
+        """Writes scalars to TensorBoard and, one JSON line per call, to metrics.jsonl."""
+        for tag, value in scalars.items():
+            writer.add_scalar(tag, value, step)
+        metrics_file.write(json.dumps({"step": step, "time": round(time.time() - start_time, 2), **scalars}) + "\n")
+        metrics_file.flush()
+
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, args.seed + i) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
+
+    diffusion_steps = args.diffusion_steps
+    actor = DiffusionPolicy(obs_dim, action_dim, args.hidden_dim, diffusion_steps, args.prior_std).to(device)
+    qf1, qf2 = (SoftQNetwork(obs_dim, action_dim, args.hidden_dim, diffusion_steps).to(device) for _ in range(2))
+    qf1_target, qf2_target = (SoftQNetwork(obs_dim, action_dim, args.hidden_dim, diffusion_steps).to(device) for _ in range(2))
+    qf1_target.load_state_dict(qf1.state_dict())
+    qf2_target.load_state_dict(qf2.state_dict())
+    q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
+    log_alpha = torch.tensor(np.log(args.alpha_init), dtype=torch.float32, device=device, requires_grad=True)
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.policy_lr)
+    target_entropy = -args.target_entropy_scale * action_dim
+
+    rb = ReplayBuffer(args.buffer_size, obs_dim, (diffusion_steps + 1, action_dim), device)
+    obs, _ = envs.reset(seed=args.seed)
+    recent_returns, last_print, last_log, next_eval = [], start_time, 0, args.eval_frequency
+    num_iterations = args.total_timesteps // args.num_envs
+    for iteration in range(1, num_iterations + 1):
+        global_step = iteration * args.num_envs
+        # the warm-up acts with the initial policy too: every stored transition needs its chain
+        with torch.no_grad():
+            actions, chains = (t.cpu().numpy() for t in actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)))
+        next_obs, rewards, terminations, truncations, infos = envs.step(to_env(actions, envs.single_action_space))
+
+        # SAME_STEP autoreset: next_obs of a finished env is already the reset obs; the true
+        # last obs is in final_obs. Truncated episodes keep bootstrapping (terminated = 0).
+        real_next_obs = next_obs.copy()
+        if "final_obs" in infos:
+            for i in np.flatnonzero(infos["_final_obs"]):
+                real_next_obs[i] = infos["final_obs"][i]
+                episode = infos["final_info"]["episode"]
+                recent_returns = (recent_returns + [float(episode["r"][i])])[-10:]
+                log_scalars(global_step, {"charts/episodic_return": float(episode["r"][i]), "charts/episodic_length": int(episode["l"][i])})
+        rb.add(obs, real_next_obs, chains, rewards, terminations)
+        obs = next_obs
+
+        if global_step > args.learning_starts:
+            for _ in range(args.updates_per_step * args.num_envs):
+                batch = rb.sample(args.batch_size)
+                alpha = log_alpha.exp().item()
+                k = torch.randint(diffusion_steps, (args.batch_size,), device=device)
+                rows = torch.arange(args.batch_size, device=device)
+                x, x_next = batch["chains"][rows, k], batch["chains"][rows, k + 1]
+                y = critic_target(batch, k, actor, qf1_target, qf2_target, alpha, args.gamma, args.chain_targets)
+                qf1_values, qf2_values = qf1(batch["obs"], x_next, k), qf2(batch["obs"], x_next, k)
+                qf_loss = F.mse_loss(qf1_values, y) + F.mse_loss(qf2_values, y)
+                check_finite("qf_loss", qf_loss, global_step)
+                q_optimizer.zero_grad()
+                qf_loss.backward()
+                q_optimizer.step()
+
+                policy_loss, l_k = actor_loss(batch["obs"], x, k, actor, qf1, qf2, alpha)
+                check_finite("actor_loss", policy_loss, global_step)
+                actor_optimizer.zero_grad()
+                policy_loss.backward()
+                actor_optimizer.step()
+
+                entropy = -diffusion_steps * l_k.detach().mean()
+                if args.autotune:
+                    alpha_loss = log_alpha.exp() * (entropy - target_entropy)
+                    alpha_optimizer.zero_grad()
+                    alpha_loss.backward()
+                    alpha_optimizer.step()
+
+                with torch.no_grad():
+                    for net, target in ((qf1, qf1_target), (qf2, qf2_target)):
+                        for param, target_param in zip(net.parameters(), target.parameters(), strict=True):
+                            target_param.lerp_(param, args.tau)
+
+            if global_step - last_log >= 1000:
+                last_log = global_step
+                log_scalars(
+                    global_step,
+                    {
+                        "losses/qf_loss": qf_loss.item() / 2,
+                        "losses/qf1_values": qf1_values.mean().item(),
+                        "losses/actor_loss": policy_loss.item(),
+                        "diffusion/alpha": log_alpha.exp().item(),
+                        "diffusion/entropy": entropy.item(),
+                        "diffusion/saturated_fraction": (batch["chains"][:, -1].tanh().abs() > 0.99).float().mean().item(),
+                        **{f"diffusion/eta_{j}": eta_j.item() for j, eta_j in enumerate(actor.eta().mean(-1))},
+                        "charts/SPS": int(global_step / (time.time() - start_time)),
+                    },
+                )
+
+        if global_step >= next_eval or iteration == num_iterations:
+            next_eval += args.eval_frequency
+            final = iteration == num_iterations
+            video_dir = os.path.join(run_dir, "videos") if final and args.capture_video else None
+            returns = evaluate(actor, args.env_id, args.eval_episodes, args.seed + 10_000, args.eval_deterministic, device, video_dir)
+            log_scalars(global_step, {"eval/episodic_return": float(returns.mean())})
+
+        if time.time() - last_print > 5 or iteration == num_iterations:
+            last_print = time.time()
+            sps = global_step / (last_print - start_time)
+            recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
+            eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
+            print(f"step {global_step}/{args.total_timesteps} | return {recent} | SPS {sps:.0f} | time left {eta / 60:.1f} min", flush=True)
+
+    if args.save_model:
+        model_path = os.path.join(run_dir, "model.pt")
+        torch.save(
+            {
+                "args": asdict(args),
+                "actor": actor.state_dict(),
+                "qf1": qf1.state_dict(),
+                "qf2": qf2.state_dict(),
+                "log_alpha": log_alpha.detach(),
+            },
+            model_path,
+        )
+        print(f"model saved to {model_path}")
+    envs.close()
+    writer.close()
+    metrics_file.close()
