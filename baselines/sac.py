@@ -131,6 +131,18 @@ def check_args(args):
         )
 
 
+def real_next_obs(next_obs, infos):
+    """True next observations of a vector env step with SAME_STEP autoreset.
+
+    A finished env already returns its reset observation; the episode's last one is in
+    infos["final_obs"]. Truncation does not end bootstrapping: only `terminated` is stored.
+    """
+    real = next_obs.copy()
+    for i in np.flatnonzero(infos.get("_final_obs", [])):
+        real[i] = infos["final_obs"][i]
+    return real
+
+
 def check_finite(name, value, step):
     """Stop training on a NaN or infinite loss (never keep training on it)."""
     if not torch.isfinite(value):
@@ -317,16 +329,11 @@ if __name__ == "__main__":
                 actions = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device))[0].cpu().numpy()
         next_obs, rewards, terminations, truncations, infos = envs.step(to_env(actions, envs.single_action_space))
 
-        # SAME_STEP autoreset: next_obs of a finished env is already the reset obs; the true
-        # last obs is in final_obs. Truncated episodes keep bootstrapping (terminated = 0).
-        real_next_obs = next_obs.copy()
-        if "final_obs" in infos:
-            for i in np.flatnonzero(infos["_final_obs"]):
-                real_next_obs[i] = infos["final_obs"][i]
-                episode = infos["final_info"]["episode"]
-                recent_returns = (recent_returns + [float(episode["r"][i])])[-10:]
-                log_scalars(global_step, {"charts/episodic_return": float(episode["r"][i]), "charts/episodic_length": int(episode["l"][i])})
-        rb.add(obs, real_next_obs, actions, rewards, terminations)
+        for i in np.flatnonzero(infos.get("_final_info", [])):
+            episode = infos["final_info"]["episode"]
+            recent_returns = (recent_returns + [float(episode["r"][i])])[-10:]
+            log_scalars(global_step, {"charts/episodic_return": float(episode["r"][i]), "charts/episodic_length": int(episode["l"][i])})
+        rb.add(obs, real_next_obs(next_obs, infos), actions, rewards, terminations)
         obs = next_obs
 
         if global_step > args.learning_starts:

@@ -1,0 +1,217 @@
+"""The math of diffsac.py: kernels, log ratio, chain, DA-MDP targets (method.md sections 2-4, 7)."""
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+OBS_DIM, ACTION_DIM, HIDDEN, PRIOR_STD = 5, 2, 32, 3.0
+
+
+def make_policy(diffsac, diffusion_steps=4, randomize=True, seed=0):
+    """A policy whose drift network u is non-zero (randomize) or, as initialised, zero."""
+    torch.manual_seed(seed)
+    policy = diffsac.DiffusionPolicy(OBS_DIM, ACTION_DIM, HIDDEN, diffusion_steps, PRIOR_STD)
+    if randomize:
+        with torch.no_grad():
+            policy.net[-1].weight.normal_(0, 0.3)
+            policy.net[-1].bias.normal_(0, 0.3)
+            policy.eta_param.add_(0.2 * torch.randn_like(policy.eta_param))
+    return policy
+
+
+def test_step_sizes_follow_the_reference_schedule(diffsac):
+    policy = make_policy(diffsac, diffusion_steps=8, randomize=False)
+    eta = policy.eta().detach()
+    assert eta.shape == (8, ACTION_DIM)
+    expected = torch.tensor([0.5 * (0.17 + 0.83 * (8 - k) / 8) for k in range(8)])
+    torch.testing.assert_close(eta[:, 0], expected)
+    assert eta[0, 0].item() == pytest.approx(0.5)
+    # the last step's kernel std sqrt(2 eta_{K-1}) is about 0.52 at K = 8 (method.md section 7)
+    assert math.sqrt(2 * eta[-1, 0].item()) == pytest.approx(0.523, abs=1e-3)
+
+
+def test_kernel_mean_and_std_match_the_formula(diffsac):
+    policy = make_policy(diffsac)
+    obs, x, k = torch.randn(7, OBS_DIM), torch.randn(7, ACTION_DIM), torch.randint(4, (7,))
+    mean, std = policy.kernel(obs, x, k)
+    u = policy.net(torch.cat([obs, x, torch.nn.functional.one_hot(k, 4).float()], -1))
+    eta = torch.nn.functional.softplus(policy.eta_param)[k]
+    torch.testing.assert_close(mean, x + eta * (-x / PRIOR_STD**2 + u))
+    torch.testing.assert_close(std, torch.sqrt(2 * eta))
+
+
+def test_log_ratio_equals_difference_of_gaussian_log_densities(diffsac):
+    policy = make_policy(diffsac)
+    obs, x, k = torch.randn(64, OBS_DIM), 2 * torch.randn(64, ACTION_DIM), torch.randint(4, (64,))
+    x_next, l_k = policy.step(obs, x, k)
+    mean, std = policy.kernel(obs, x, k)
+    eta = policy.eta()[k]
+    log_q = torch.distributions.Normal(mean, std).log_prob(x_next).sum(-1)
+    # reference (noising) kernel p(x_k | x_{k+1}) = N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k)
+    log_p = torch.distributions.Normal(x_next - eta * x_next / PRIOR_STD**2, torch.sqrt(2 * eta)).log_prob(x).sum(-1)
+    torch.testing.assert_close(l_k, log_q - log_p, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(policy.log_ratio(x, k, x_next, mean, std), log_q - log_p, rtol=1e-5, atol=1e-5)
+
+
+def test_step_is_reparameterised_through_the_network_and_step_sizes(diffsac):
+    policy = make_policy(diffsac)
+    x_next, l_k = policy.step(torch.randn(8, OBS_DIM), torch.randn(8, ACTION_DIM), torch.randint(4, (8,)))
+    (x_next.sum() + l_k.sum()).backward()
+    assert policy.net[0].weight.grad.abs().sum() > 0
+    assert policy.eta_param.grad.abs().sum() > 0
+
+
+def test_initial_chain_keeps_the_prior_and_resamples_x0(diffsac):
+    policy = make_policy(diffsac, diffusion_steps=8, randomize=False)
+    obs = torch.randn(1, OBS_DIM).repeat(20_000, 1)
+    with torch.no_grad():
+        action, chain = policy.sample(obs)
+        _, chain_again = policy.sample(obs)
+    assert chain.shape == (20_000, 9, ACTION_DIM)
+    torch.testing.assert_close(action, torch.tanh(chain[:, -1]))
+    # x_0 ~ N(0, 9) afresh on every call, for the same state
+    assert chain[:, 0].std().item() == pytest.approx(PRIOR_STD, rel=0.03)
+    assert abs(np.corrcoef(chain[:, 0, 0], chain_again[:, 0, 0])[0, 1]) < 0.05
+    # u = 0 at initialisation: an Ornstein-Uhlenbeck chain that keeps x ~ N(0, sigma_p^2)
+    assert chain[:, -1].mean().abs().item() < 0.1
+    assert chain[:, -1].std().item() == pytest.approx(PRIOR_STD, rel=0.05)
+
+
+def test_deterministic_chain_starts_at_zero_and_follows_the_kernel_mean(diffsac):
+    policy = make_policy(diffsac)
+    obs = torch.randn(3, OBS_DIM)
+    with torch.no_grad():
+        action, chain = policy.sample(obs, deterministic=True)
+        x = torch.zeros(3, ACTION_DIM)
+        for k in range(4):
+            x, _ = policy.kernel(obs, x, torch.full((3,), k))
+    assert torch.equal(chain[:, 0], torch.zeros(3, ACTION_DIM))
+    torch.testing.assert_close(chain[:, -1], x)
+    torch.testing.assert_close(action, torch.tanh(x))
+
+
+class StepValueCritic(torch.nn.Module):
+    """A stand-in critic Q(s, x, k) = 100 k + s_0 + offset that ignores x, so targets are known by hand."""
+
+    def __init__(self, offset):
+        super().__init__()
+        self.offset = offset
+
+    def forward(self, obs, x_next, k):
+        return 100.0 * k + obs[:, 0] + self.offset
+
+
+def hand_batch(diffusion_steps, k):
+    """Four env transitions with their chains; row 1 is terminated."""
+    rows = len(k)
+    return {
+        "obs": torch.arange(rows, dtype=torch.float32)[:, None].repeat(1, OBS_DIM),
+        "next_obs": 10 + torch.arange(rows, dtype=torch.float32)[:, None].repeat(1, OBS_DIM),
+        "chains": torch.randn(rows, diffusion_steps + 1, ACTION_DIM),
+        "rewards": torch.tensor([1.0, 2.0, 3.0, 4.0]),
+        "terminated": torch.tensor([0.0, 1.0, 0.0, 0.0]),
+    }
+
+
+@pytest.mark.parametrize("chain_targets", [True, False])
+def test_critic_target_reward_and_discount_only_at_the_last_step(diffsac, chain_targets):
+    diffusion_steps, gamma = 4, 0.9
+    policy = make_policy(diffsac, diffusion_steps)
+    k = torch.tensor([3, 3, 0, 1])  # two env steps (one terminated), two in-chain steps
+    batch = hand_batch(diffusion_steps, k)
+    y = diffsac.critic_target(batch, k, policy, StepValueCritic(0.0), StepValueCritic(1.0), 0.0, gamma, chain_targets)
+    # k = K-1: r + gamma (1 - terminated) min_i Qbar_i(s', x'_1, 0); Qbar(s', ., 0) = s'_0
+    assert y[0].item() == pytest.approx(1.0 + gamma * 10.0)
+    assert y[1].item() == pytest.approx(2.0)
+    # k < K-1: no reward, no discount; bootstrap at step K-1 (chain targets) or k+1 (one DA step)
+    bootstrap_step = torch.tensor([3, 3]) if chain_targets else k[2:] + 1
+    torch.testing.assert_close(y[2:], 100.0 * bootstrap_step.float() + batch["obs"][2:, 0])
+
+
+def test_critic_target_entropy_term_sums_the_remaining_log_ratios(diffsac, monkeypatch):
+    # without noise every kernel step is its mean, so the chain the target finishes can be replayed by hand
+    monkeypatch.setattr(torch, "randn_like", torch.zeros_like)
+    diffusion_steps, gamma, alpha = 4, 0.9, 0.5
+    policy = make_policy(diffsac, diffusion_steps)
+    k = torch.tensor([3, 3, 0, 1])
+    batch = hand_batch(diffusion_steps, k)
+    critic = StepValueCritic(0.0)
+    y = diffsac.critic_target(batch, k, policy, critic, critic, alpha, gamma, True)
+    y_no_entropy = diffsac.critic_target(batch, k, policy, critic, critic, 0.0, gamma, True)
+
+    def remaining_log_ratio(obs, x, first_step, end_step):
+        total = torch.zeros(())
+        with torch.no_grad():
+            for j in range(first_step, end_step):
+                step = torch.full((1,), j)
+                mean, std = policy.kernel(obs[None], x[None], step)
+                total += policy.log_ratio(x[None], step, mean, mean, std)[0]
+                x = mean[0]
+        return total
+
+    # row 0 steps the env: x'_0 = 0 (the prior sample, noise-free here), one kernel step at s'
+    expected_0 = -gamma * alpha * remaining_log_ratio(batch["next_obs"][0], torch.zeros(ACTION_DIM), 0, 1)
+    expected_2 = -alpha * remaining_log_ratio(batch["obs"][2], batch["chains"][2, 1], 1, 4)
+    expected_3 = -alpha * remaining_log_ratio(batch["obs"][3], batch["chains"][3, 2], 2, 4)
+    torch.testing.assert_close((y - y_no_entropy)[[0, 2, 3]], torch.stack([expected_0, expected_2, expected_3]))
+    assert (y - y_no_entropy)[1].item() == 0.0  # terminated: nothing after the env step
+
+
+def test_finish_chain_leaves_rows_with_nothing_to_do(diffsac):
+    policy = make_policy(diffsac)
+    x = torch.randn(3, ACTION_DIM)
+    first, end = torch.tensor([4, 0, 2]), torch.tensor([4, 4, 3])
+    with torch.no_grad():
+        x_out, sum_l = diffsac.finish_chain(policy, torch.randn(3, OBS_DIM), x, first, end)
+    assert torch.equal(x_out[0], x[0]) and sum_l[0].item() == 0.0
+    assert not torch.equal(x_out[1], x[1]) and not torch.equal(x_out[2], x[2])
+    assert torch.equal(x, x.clone())  # the input chain is not modified in place
+
+
+def test_actor_loss_is_one_reparameterised_kernel_step(diffsac):
+    policy = make_policy(diffsac)
+    critic = diffsac.SoftQNetwork(OBS_DIM, ACTION_DIM, HIDDEN, 4)
+    obs, x, k = torch.randn(16, OBS_DIM), torch.randn(16, ACTION_DIM), torch.randint(4, (16,))
+    loss, l_k = diffsac.actor_loss(obs, x, k, policy, critic, critic, 0.2)
+    loss.backward()
+    assert l_k.shape == (16,)
+    assert policy.net[0].weight.grad.abs().sum() > 0
+    # one kernel step per sample: the loss is the mean over samples of alpha * l_k - Q(s, x_{k+1}, k)
+    torch.manual_seed(1)
+    loss_again, l_again = diffsac.actor_loss(obs, x, k, policy, critic, critic, 0.0)
+    torch.manual_seed(1)
+    x_next, _ = policy.step(obs, x, k)
+    torch.testing.assert_close(loss_again, -critic(obs, x_next, k).mean())
+
+
+def test_replay_buffer_stores_chains_and_wraps(diffsac):
+    buffer = diffsac.ReplayBuffer(5, OBS_DIM, (4, ACTION_DIM), torch.device("cpu"))
+    for step in range(7):
+        chain = np.full((1, 4, ACTION_DIM), step, np.float32)
+        buffer.add(np.full((1, OBS_DIM), step), np.full((1, OBS_DIM), step + 1), chain, [step], [step % 2])
+    assert buffer.full and buffer.pos == 2
+    assert sorted(buffer.rewards.tolist()) == [2, 3, 4, 5, 6]
+    batch = buffer.sample(32)
+    assert batch["chains"].shape == (32, 4, ACTION_DIM)
+    # every sampled row is one consistent transition
+    torch.testing.assert_close(batch["chains"][:, 0, 0], batch["rewards"])
+    torch.testing.assert_close(batch["next_obs"][:, 0], batch["rewards"] + 1)
+
+
+def test_real_next_obs_under_same_step_autoreset(diffsac):
+    envs = gym.vector.SyncVectorEnv(
+        [lambda: gym.make("Pendulum-v1", max_episode_steps=3)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
+    envs.reset(seed=0)
+    for _ in range(3):
+        next_obs, _, terminated, truncated, infos = envs.step(np.zeros((1, 1), np.float32))
+        real = diffsac.real_next_obs(next_obs, infos)
+        if not truncated[0]:
+            np.testing.assert_array_equal(real, next_obs)
+    # the third step truncates: next_obs is the reset observation, the true last one comes from final_obs
+    assert truncated[0] and not terminated[0]
+    np.testing.assert_array_equal(real[0], infos["final_obs"][0])
+    assert not np.allclose(real[0], next_obs[0])
