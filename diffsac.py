@@ -393,7 +393,8 @@ if __name__ == "__main__":
 
     rb = ReplayBuffer(args.buffer_size, obs_dim, (diffusion_steps + 1, action_dim), device)
     obs, _ = envs.reset(seed=args.seed)
-    recent_returns, last_print, last_log, next_eval = [], start_time, 0, args.eval_frequency
+    recent_returns, last_log, next_eval = [], 0, args.eval_frequency
+    last_print, last_print_step = start_time, 0
     num_iterations = args.total_timesteps // args.num_envs
     for iteration in range(1, num_iterations + 1):
         global_step = iteration * args.num_envs
@@ -466,8 +467,8 @@ if __name__ == "__main__":
             log_scalars(global_step, {"eval/episodic_return": float(returns.mean())})
 
         if time.time() - last_print > 5 or iteration == num_iterations:
-            last_print = time.time()
-            sps = global_step / (last_print - start_time)
+            sps = (global_step - last_print_step) / (time.time() - last_print)  # recent speed, for the time left
+            last_print, last_print_step = time.time(), global_step
             recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
             eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
             print(f"step {global_step}/{args.total_timesteps} | return {recent} | SPS {sps:.0f} | time left {eta / 60:.1f} min", flush=True)
