@@ -1,0 +1,1 @@
+"""Gymnasium environments this project adds. Importing a module registers its env ids."""
