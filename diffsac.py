@@ -105,6 +105,8 @@ class Args:
     """sigma_p, the std of the prior x_0 ~ N(0, sigma_p^2 I)"""
     chain_targets: bool = True
     """if toggled, in-chain critic targets finish the chain to x_K (method.md section 7); else bootstrap one DA step"""
+    tanh_correction: bool = True
+    """if toggled, l_{K-1} includes tanh's log-det, so the entropy is measured in action space as in SAC"""
 
 
 def to_env(squashed_action, space):
@@ -195,9 +197,10 @@ class SoftQNetwork(nn.Module):
 class DiffusionPolicy(nn.Module):
     """K-step denoising chain x_0 -> x_K in pre-tanh space; the squashed action is tanh(x_K) in [-1, 1]^A."""
 
-    def __init__(self, obs_dim, action_dim, hidden_dim, diffusion_steps, prior_std):
+    def __init__(self, obs_dim, action_dim, hidden_dim, diffusion_steps, prior_std, tanh_correction):
         super().__init__()
         self.action_dim, self.diffusion_steps, self.prior_std = action_dim, diffusion_steps, prior_std
+        self.tanh_correction = tanh_correction
         self.net = mlp(obs_dim + action_dim + diffusion_steps, action_dim, hidden_dim)
         # u starts at zero: the initial chain is an Ornstein-Uhlenbeck chain that keeps x ~ N(0, sigma_p^2)
         nn.init.zeros_(self.net[-1].weight)
@@ -223,7 +226,13 @@ class DiffusionPolicy(nn.Module):
         # unlike the reference code, which evaluates the drift at x_k with eta_{k+1}.
         reverse_mean = x_next - (std**2 / 2) * x_next / self.prior_std**2
         # q and p share the variance 2 eta_k = std^2, so their normalising constants cancel
-        return (((x - reverse_mean) ** 2 - (x_next - mean) ** 2) / (2 * std**2)).sum(-1)
+        l_k = (((x - reverse_mean) ** 2 - (x_next - mean) ** 2) / (2 * std**2)).sum(-1)
+        if self.tanh_correction:
+            # Decision (measured, see benchmarks/results): without it the chain buys entropy in tanh's flat,
+            # saturated region. At the last step subtract log|d tanh(x_K)/dx_K| = sum 2 (log 2 - x - softplus(-2x)).
+            log_det = 2 * (np.log(2.0) - x_next - F.softplus(-2 * x_next)).sum(-1)
+            l_k = l_k - torch.where(k == self.diffusion_steps - 1, log_det, 0.0)
+        return l_k
 
     def step(self, obs, x, k, deterministic=False):
         """One denoising step: x_{k+1} ~ q(.|x_k, s, k) (reparameterised) and its log ratio l_k."""
@@ -334,7 +343,7 @@ def load_actor(path, device):
     saved = Args(**checkpoint["args"])
     env = gym.make(saved.env_id)
     obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    actor = DiffusionPolicy(obs_dim, action_dim, saved.hidden_dim, saved.diffusion_steps, saved.prior_std)
+    actor = DiffusionPolicy(obs_dim, action_dim, saved.hidden_dim, saved.diffusion_steps, saved.prior_std, saved.tanh_correction)
     actor.load_state_dict(checkpoint["actor"])
     return actor.to(device), saved
 
@@ -380,7 +389,7 @@ if __name__ == "__main__":
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
 
     diffusion_steps = args.diffusion_steps
-    actor = DiffusionPolicy(obs_dim, action_dim, args.hidden_dim, diffusion_steps, args.prior_std).to(device)
+    actor = DiffusionPolicy(obs_dim, action_dim, args.hidden_dim, diffusion_steps, args.prior_std, args.tanh_correction).to(device)
     qf1, qf2 = (SoftQNetwork(obs_dim, action_dim, args.hidden_dim, diffusion_steps).to(device) for _ in range(2))
     qf1_target, qf2_target = (SoftQNetwork(obs_dim, action_dim, args.hidden_dim, diffusion_steps).to(device) for _ in range(2))
     qf1_target.load_state_dict(qf1.state_dict())

@@ -35,9 +35,14 @@ def double_well_reward(action, u_star=0.25, h=0.85):
     return np.where(u <= u_star, inside, outside)
 
 
+def optima(num_wells):
+    """The actions of the n equal optima, c_i = -1 + (2i + 1) / n (+-0.5 for the double well)."""
+    return -1 + (2 * np.arange(num_wells) + 1) / num_wells
+
+
 def multi_well_reward(action, num_wells, h=0.85):
     """n equal optima at c_i = -1 + (2i + 1) / n; h midway between two, 0 at a = +-1."""
-    centres = -1 + (2 * np.arange(num_wells) + 1) / num_wells
+    centres = optima(num_wells)
     half_spacing = 1 / num_wells
     distance = np.min(np.abs(np.asarray(action)[..., None] - centres), axis=-1) / half_spacing
     outside = np.abs(action) > centres[-1]

@@ -10,10 +10,10 @@ import torch
 OBS_DIM, ACTION_DIM, HIDDEN, PRIOR_STD = 5, 2, 32, 3.0
 
 
-def make_policy(diffsac, diffusion_steps=4, randomize=True, seed=0):
+def make_policy(diffsac, diffusion_steps=4, randomize=True, seed=0, tanh_correction=False):
     """A policy whose drift network u is non-zero (randomize) or, as initialised, zero."""
     torch.manual_seed(seed)
-    policy = diffsac.DiffusionPolicy(OBS_DIM, ACTION_DIM, HIDDEN, diffusion_steps, PRIOR_STD)
+    policy = diffsac.DiffusionPolicy(OBS_DIM, ACTION_DIM, HIDDEN, diffusion_steps, PRIOR_STD, tanh_correction)
     if randomize:
         with torch.no_grad():
             policy.net[-1].weight.normal_(0, 0.3)
@@ -54,6 +54,19 @@ def test_log_ratio_equals_difference_of_gaussian_log_densities(diffsac):
     log_p = torch.distributions.Normal(x_next - eta * x_next / PRIOR_STD**2, torch.sqrt(2 * eta)).log_prob(x).sum(-1)
     torch.testing.assert_close(l_k, log_q - log_p, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(policy.log_ratio(x, k, x_next, mean, std), log_q - log_p, rtol=1e-5, atol=1e-5)
+
+
+def test_tanh_correction_only_at_the_last_step(diffsac):
+    plain, corrected = make_policy(diffsac), make_policy(diffsac, tanh_correction=True)
+    obs, x, x_next = torch.randn(64, OBS_DIM), torch.randn(64, ACTION_DIM), 2 * torch.randn(64, ACTION_DIM)
+    k = torch.arange(64) % 4
+    mean, std = plain.kernel(obs, x, k)
+    difference = corrected.log_ratio(x, k, x_next, mean, std) - plain.log_ratio(x, k, x_next, mean, std)
+    # l_{K-1} gains -log|d tanh(x_K)/dx_K| = -sum_d log(1 - tanh(x_K,d)^2): log pi of the squashed action
+    expected = -torch.log(1 - torch.tanh(x_next) ** 2).sum(-1)
+    torch.testing.assert_close(difference[k == 3], expected[k == 3], rtol=1e-4, atol=1e-4)
+    assert torch.equal(difference[k < 3], torch.zeros(48))
+    assert (difference[k == 3] > 0).all()  # saturation is paid for
 
 
 def test_step_is_reparameterised_through_the_network_and_step_sizes(diffsac):
