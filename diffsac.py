@@ -10,6 +10,7 @@ augmented MDP (the DA-MDP) with state (s, x_k, k) and action x_{k+1}, env reward
 at k = K-1, and replace log pi by the per-step log ratio against the noising kernel p:
 
     p(x_k | x_{k+1}) = N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k),   l_k = log q(x_{k+1}|x_k,s,k) - log p(x_k|x_{k+1})
+    l_{K-1} -= sum_d log(1 - tanh(x_K,d)^2)    (tanh correction, as in SAC; --no-tanh-correction drops it)
 
 SAC then runs on the DA-MDP with one kernel step per sample, never back-propagating through the chain:
 

@@ -1,8 +1,9 @@
 """Learning curves and a results table from the runs' metrics.jsonl files.
 
 Groups runs by (env id, exp_name), one curve per group: eval return against env steps, the mean over
-seeds with the min-max band. Prints a markdown table: final eval return (mean over seeds, each seed's
-value), and env steps per second of the learning phase (after the warm-up).
+seeds with the min-max band. Prints a markdown table: last eval return (mean over seeds, each seed's
+value), the env step it was taken at (runs stopped early show fewer steps than their budget), and env
+steps per second of the learning phase (after the warm-up).
 
     python benchmarks/curves.py runs --out benchmarks/results/sac_hopper_halfcheetah.png
 """
@@ -39,15 +40,15 @@ def main():
     groups = defaultdict(list)
     for metrics in sorted(options.runs.glob("*/metrics.jsonl")):
         args, steps, returns, sps = load_run(metrics.parent)
-        if len(steps) and steps[-1] >= args["total_timesteps"]:  # finished runs only
+        if len(steps):
             groups[(args["env_id"], args["exp_name"])].append((args["seed"], steps, returns, sps))
     if not groups:
-        raise SystemExit(f"error: no finished runs under {options.runs}")
+        raise SystemExit(f"error: no runs with an evaluation under {options.runs}")
 
     env_ids = sorted({env_id for env_id, _ in groups})
     fig, axes = plt.subplots(1, len(env_ids), figsize=(5 * len(env_ids), 3.6), squeeze=False)
-    print("| env | algorithm | seeds | final eval return (mean) | per seed | learning SPS |")
-    print("|---|---|---|---|---|---|")
+    print("| env | algorithm | seeds | env steps | last eval return (mean) | per seed | learning SPS |")
+    print("|---|---|---|---|---|---|---|")
     for ax, env_id in zip(axes[0], env_ids, strict=True):
         for (group_env, exp_name), runs in sorted(groups.items()):
             if group_env != env_id:
@@ -59,7 +60,7 @@ def main():
             ax.fill_between(steps, curves.min(0), curves.max(0), alpha=0.2)
             finals = ", ".join(f"{curve[-1]:.0f}" for curve in curves)
             sps = np.mean([run[3] for run in runs])
-            print(f"| {env_id} | {exp_name} | {len(runs)} | {curves[:, -1].mean():.0f} | {finals} | {sps:.0f} |")
+            print(f"| {env_id} | {exp_name} | {len(runs)} | {steps[-1]} | {curves[:, -1].mean():.0f} | {finals} | {sps:.0f} |")
         ax.set_title(env_id)
         ax.set_xlabel("env steps")
         ax.set_ylabel("eval return")
