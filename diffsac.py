@@ -99,7 +99,7 @@ class Args:
     autotune: bool = True
     """if toggled, alpha is tuned towards the entropy target"""
     target_entropy_scale: float = 5.0
-    """c in the entropy target H_target = -c * action_dim (chain entropy relative to the prior)"""
+    """c in the entropy target H_target = -c * action_dim of the chain's entropy estimate -K mean(l_k)"""
     diffusion_steps: int = 8
     """K, the number of denoising steps of the chain"""
     prior_std: float = 3.0
@@ -107,7 +107,7 @@ class Args:
     chain_targets: bool = True
     """if toggled, in-chain critic targets finish the chain to x_K (method.md section 7); else bootstrap one DA step"""
     tanh_correction: bool = True
-    """if toggled, l_{K-1} includes tanh's log-det, so the entropy is measured in action space as in SAC"""
+    """if toggled, l_{K-1} includes tanh's log-det, so the entropy estimate is of the squashed action, as in SAC"""
 
 
 def to_env(squashed_action, space):
@@ -235,10 +235,10 @@ class DiffusionPolicy(nn.Module):
             l_k = l_k - torch.where(k == self.diffusion_steps - 1, log_det, 0.0)
         return l_k
 
-    def step(self, obs, x, k, deterministic=False):
+    def step(self, obs, x, k):
         """One denoising step: x_{k+1} ~ q(.|x_k, s, k) (reparameterised) and its log ratio l_k."""
         mean, std = self.kernel(obs, x, k)
-        x_next = mean if deterministic else mean + std * torch.randn_like(mean)
+        x_next = mean + std * torch.randn_like(mean)
         return x_next, self.log_ratio(x, k, x_next, mean, std)
 
     def sample(self, obs, deterministic=False):
@@ -279,6 +279,7 @@ class ReplayBuffer:
         return {f: torch.as_tensor(getattr(self, f)[idx], device=self.device) for f in fields}
 
 
+@torch.no_grad()
 def finish_chain(actor, obs, x, first_step, end_step):
     """Runs kernel steps first_step..end_step-1 of each row without gradient; returns x and the sum of their l."""
     x, sum_l = x.clone(), torch.zeros(x.shape[0], device=x.device)
@@ -289,7 +290,7 @@ def finish_chain(actor, obs, x, first_step, end_step):
     return x, sum_l
 
 
-def critic_target(batch, k, actor, qf1_target, qf2_target, alpha, gamma, chain_targets):
+def critic_target(batch, k, x_next, actor, qf1_target, qf2_target, alpha, gamma, chain_targets):
     """Soft targets of the DA transitions (s, x_k, k) -> x_{k+1} (method.md sections 3, 4 and 7).
 
     k = K-1, the env step:  y = r + gamma (1 - terminated) [min_i Qbar_i(s', x'_1, 0) - alpha l'_0],  x'_0 ~ prior
@@ -297,10 +298,9 @@ def critic_target(batch, k, actor, qf1_target, qf2_target, alpha, gamma, chain_t
                             e = K (chain targets: an unbiased multi-step target) or e = k+2 (one DA step)
     """
     with torch.no_grad():
-        diffusion_steps, rows = actor.diffusion_steps, torch.arange(len(k), device=k.device)
+        diffusion_steps = actor.diffusion_steps
         last = k == diffusion_steps - 1
         obs = torch.where(last[:, None], batch["next_obs"], batch["obs"])
-        x_next = batch["chains"][rows, k + 1]
         # after the env step the chain restarts from a fresh prior sample x'_0 at the next state
         x = torch.where(last[:, None], actor.prior_std * torch.randn_like(x_next), x_next)
         first = torch.where(last, 0, k + 1)
@@ -311,11 +311,25 @@ def critic_target(batch, k, actor, qf1_target, qf2_target, alpha, gamma, chain_t
         return torch.where(last, env_target, soft_q)
 
 
-def actor_loss(obs, x, k, actor, qf1, qf2, alpha):
+def critic_loss(batch, k, actor, qf1, qf2, qf1_target, qf2_target, alpha, gamma, chain_targets):
+    """sum_i mean (Q_i(s, x_{k+1}, k) - y)^2 over the DA transitions (batch, k); also returns Q_1."""
+    x_next = batch["chains"][torch.arange(len(k), device=k.device), k + 1]
+    y = critic_target(batch, k, x_next, actor, qf1_target, qf2_target, alpha, gamma, chain_targets)
+    qf1_values = qf1(batch["obs"], x_next, k)
+    return F.mse_loss(qf1_values, y) + F.mse_loss(qf2(batch["obs"], x_next, k), y), qf1_values
+
+
+def actor_loss(batch, k, actor, qf1, qf2, alpha):
     """E[alpha l_k(theta) - min_i Q_i(s, x_{k+1}(theta), k)], one reparameterised kernel step from x_k; also returns l_k."""
+    obs, x = batch["obs"], batch["chains"][torch.arange(len(k), device=k.device), k]
     x_next, l_k = actor.step(obs, x, k)
     q = torch.min(qf1(obs, x_next, k), qf2(obs, x_next, k))
     return (alpha * l_k - q).mean(), l_k
+
+
+def temperature_loss(log_alpha, entropy, target_entropy):
+    """alpha * stopgrad(H_hat - H_target): gradient descent lowers alpha while the entropy is above its target."""
+    return log_alpha.exp() * (entropy.detach() - target_entropy)
 
 
 def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=None):
@@ -425,17 +439,13 @@ if __name__ == "__main__":
                 batch = rb.sample(args.batch_size)
                 alpha = log_alpha.exp().item()
                 k = torch.randint(diffusion_steps, (args.batch_size,), device=device)
-                rows = torch.arange(args.batch_size, device=device)
-                x, x_next = batch["chains"][rows, k], batch["chains"][rows, k + 1]
-                y = critic_target(batch, k, actor, qf1_target, qf2_target, alpha, args.gamma, args.chain_targets)
-                qf1_values, qf2_values = qf1(batch["obs"], x_next, k), qf2(batch["obs"], x_next, k)
-                qf_loss = F.mse_loss(qf1_values, y) + F.mse_loss(qf2_values, y)
+                qf_loss, qf1_values = critic_loss(batch, k, actor, qf1, qf2, qf1_target, qf2_target, alpha, args.gamma, args.chain_targets)
                 check_finite("qf_loss", qf_loss, global_step)
                 q_optimizer.zero_grad()
                 qf_loss.backward()
                 q_optimizer.step()
 
-                policy_loss, l_k = actor_loss(batch["obs"], x, k, actor, qf1, qf2, alpha)
+                policy_loss, l_k = actor_loss(batch, k, actor, qf1, qf2, alpha)
                 check_finite("actor_loss", policy_loss, global_step)
                 actor_optimizer.zero_grad()
                 policy_loss.backward()
@@ -443,7 +453,7 @@ if __name__ == "__main__":
 
                 entropy = -diffusion_steps * l_k.detach().mean()
                 if args.autotune:
-                    alpha_loss = log_alpha.exp() * (entropy - target_entropy)
+                    alpha_loss = temperature_loss(log_alpha, entropy, target_entropy)
                     alpha_optimizer.zero_grad()
                     alpha_loss.backward()
                     alpha_optimizer.step()
@@ -480,8 +490,11 @@ if __name__ == "__main__":
             sps = (global_step - last_print_step) / (time.time() - last_print)  # recent speed, for the time left
             last_print, last_print_step = time.time(), global_step
             recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
-            eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
-            print(f"step {global_step}/{args.total_timesteps} | return {recent} | SPS {sps:.0f} | time left {eta / 60:.1f} min", flush=True)
+            time_left = (args.total_timesteps - global_step) / max(sps, 1e-9)
+            print(
+                f"step {global_step}/{args.total_timesteps} | return {recent} | SPS {sps:.0f} | time left {time_left / 60:.1f} min",
+                flush=True,
+            )
 
     if args.save_model:
         model_path = os.path.join(run_dir, "model.pt")

@@ -228,11 +228,24 @@ def critic_target(batch, actor, qf1_target, qf2_target, alpha, gamma):
         return batch["rewards"] + gamma * (1 - batch["terminated"]) * (next_q - alpha * next_log_pi)
 
 
-def actor_loss(obs, actor, qf1, qf2, alpha):
+def critic_loss(batch, actor, qf1, qf2, qf1_target, qf2_target, alpha, gamma):
+    """sum_i mean (Q_i(s, a) - y)^2 over the batch of transitions; also returns Q_1."""
+    y = critic_target(batch, actor, qf1_target, qf2_target, alpha, gamma)
+    qf1_values = qf1(batch["obs"], batch["actions"])
+    return F.mse_loss(qf1_values, y) + F.mse_loss(qf2(batch["obs"], batch["actions"]), y), qf1_values
+
+
+def actor_loss(batch, actor, qf1, qf2, alpha):
     """E[alpha * log pi(a|s) - min_i Q_i(s, a)] with a reparameterised; also returns log pi."""
+    obs = batch["obs"]
     action, log_pi = actor.sample(obs)
     q = torch.min(qf1(obs, action), qf2(obs, action))
     return (alpha * log_pi - q).mean(), log_pi
+
+
+def temperature_loss(log_alpha, entropy, target_entropy):
+    """alpha * stopgrad(H_hat - H_target): gradient descent lowers alpha while the entropy is above its target."""
+    return log_alpha.exp() * (entropy.detach() - target_entropy)
 
 
 def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=None):
@@ -341,15 +354,13 @@ if __name__ == "__main__":
             for _ in range(args.updates_per_step * args.num_envs):
                 batch = rb.sample(args.batch_size)
                 alpha = log_alpha.exp().item()
-                y = critic_target(batch, actor, qf1_target, qf2_target, alpha, args.gamma)
-                qf1_values, qf2_values = qf1(batch["obs"], batch["actions"]), qf2(batch["obs"], batch["actions"])
-                qf_loss = F.mse_loss(qf1_values, y) + F.mse_loss(qf2_values, y)
+                qf_loss, qf1_values = critic_loss(batch, actor, qf1, qf2, qf1_target, qf2_target, alpha, args.gamma)
                 check_finite("qf_loss", qf_loss, global_step)
                 q_optimizer.zero_grad()
                 qf_loss.backward()
                 q_optimizer.step()
 
-                policy_loss, log_pi = actor_loss(batch["obs"], actor, qf1, qf2, alpha)
+                policy_loss, log_pi = actor_loss(batch, actor, qf1, qf2, alpha)
                 check_finite("actor_loss", policy_loss, global_step)
                 actor_optimizer.zero_grad()
                 policy_loss.backward()
@@ -357,7 +368,7 @@ if __name__ == "__main__":
 
                 entropy = -log_pi.detach().mean()
                 if args.autotune:
-                    alpha_loss = log_alpha.exp() * (entropy - target_entropy)
+                    alpha_loss = temperature_loss(log_alpha, entropy, target_entropy)
                     alpha_optimizer.zero_grad()
                     alpha_loss.backward()
                     alpha_optimizer.step()
@@ -393,8 +404,11 @@ if __name__ == "__main__":
             sps = (global_step - last_print_step) / (time.time() - last_print)  # recent speed, for the time left
             last_print, last_print_step = time.time(), global_step
             recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
-            eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
-            print(f"step {global_step}/{args.total_timesteps} | return {recent} | SPS {sps:.0f} | time left {eta / 60:.1f} min", flush=True)
+            time_left = (args.total_timesteps - global_step) / max(sps, 1e-9)
+            print(
+                f"step {global_step}/{args.total_timesteps} | return {recent} | SPS {sps:.0f} | time left {time_left / 60:.1f} min",
+                flush=True,
+            )
 
     if args.save_model:
         model_path = os.path.join(run_dir, "model.pt")

@@ -135,7 +135,8 @@ def test_critic_target_reward_and_discount_only_at_the_last_step(diffsac, chain_
     policy = make_policy(diffsac, diffusion_steps)
     k = torch.tensor([3, 3, 0, 1])  # two env steps (one terminated), two in-chain steps
     batch = hand_batch(diffusion_steps, k)
-    y = diffsac.critic_target(batch, k, policy, StepValueCritic(0.0), StepValueCritic(1.0), 0.0, gamma, chain_targets)
+    x_next = batch["chains"][torch.arange(4), k + 1]
+    y = diffsac.critic_target(batch, k, x_next, policy, StepValueCritic(0.0), StepValueCritic(1.0), 0.0, gamma, chain_targets)
     # k = K-1: r + gamma (1 - terminated) min_i Qbar_i(s', x'_1, 0); Qbar(s', ., 0) = s'_0
     assert y[0].item() == pytest.approx(1.0 + gamma * 10.0)
     assert y[1].item() == pytest.approx(2.0)
@@ -152,8 +153,9 @@ def test_critic_target_entropy_term_sums_the_remaining_log_ratios(diffsac, monke
     k = torch.tensor([3, 3, 0, 1])
     batch = hand_batch(diffusion_steps, k)
     critic = StepValueCritic(0.0)
-    y = diffsac.critic_target(batch, k, policy, critic, critic, alpha, gamma, True)
-    y_no_entropy = diffsac.critic_target(batch, k, policy, critic, critic, 0.0, gamma, True)
+    x_next = batch["chains"][torch.arange(4), k + 1]
+    y = diffsac.critic_target(batch, k, x_next, policy, critic, critic, alpha, gamma, True)
+    y_no_entropy = diffsac.critic_target(batch, k, x_next, policy, critic, critic, 0.0, gamma, True)
 
     def remaining_log_ratio(obs, x, first_step, end_step):
         total = torch.zeros(())
@@ -176,28 +178,59 @@ def test_critic_target_entropy_term_sums_the_remaining_log_ratios(diffsac, monke
 def test_finish_chain_leaves_rows_with_nothing_to_do(diffsac):
     policy = make_policy(diffsac)
     x = torch.randn(3, ACTION_DIM)
+    before = x.clone()
     first, end = torch.tensor([4, 0, 2]), torch.tensor([4, 4, 3])
-    with torch.no_grad():
-        x_out, sum_l = diffsac.finish_chain(policy, torch.randn(3, OBS_DIM), x, first, end)
+    x_out, sum_l = diffsac.finish_chain(policy, torch.randn(3, OBS_DIM), x, first, end)
     assert torch.equal(x_out[0], x[0]) and sum_l[0].item() == 0.0
     assert not torch.equal(x_out[1], x[1]) and not torch.equal(x_out[2], x[2])
-    assert torch.equal(x, x.clone())  # the input chain is not modified in place
+    assert torch.equal(x, before)  # the input is not modified in place
+    assert not x_out.requires_grad and not sum_l.requires_grad
 
 
-def test_actor_loss_is_one_reparameterised_kernel_step(diffsac):
+def test_actor_loss_is_one_reparameterised_kernel_step_from_the_stored_x_k(diffsac):
     policy = make_policy(diffsac)
     critic = diffsac.SoftQNetwork(OBS_DIM, ACTION_DIM, HIDDEN, 4)
-    obs, x, k = torch.randn(16, OBS_DIM), torch.randn(16, ACTION_DIM), torch.randint(4, (16,))
-    loss, l_k = diffsac.actor_loss(obs, x, k, policy, critic, critic, 0.2)
+    k = torch.randint(4, (16,))
+    batch = {"obs": torch.randn(16, OBS_DIM), "chains": torch.randn(16, 5, ACTION_DIM)}
+    alpha = 0.2
+    torch.manual_seed(1)
+    loss, l_k = diffsac.actor_loss(batch, k, policy, critic, critic, alpha)
     loss.backward()
-    assert l_k.shape == (16,)
     assert policy.net[0].weight.grad.abs().sum() > 0
-    # one kernel step per sample: the loss is the mean over samples of alpha * l_k - Q(s, x_{k+1}, k)
+    # E[alpha l_k - Q(s, x_{k+1}, k)] with x_{k+1} ~ q(.|x_k, s, k) from x_k = chains[k]
     torch.manual_seed(1)
-    loss_again, l_again = diffsac.actor_loss(obs, x, k, policy, critic, critic, 0.0)
-    torch.manual_seed(1)
-    x_next, _ = policy.step(obs, x, k)
-    torch.testing.assert_close(loss_again, -critic(obs, x_next, k).mean())
+    x_next, expected_l = policy.step(batch["obs"], batch["chains"][torch.arange(16), k], k)
+    torch.testing.assert_close(l_k, expected_l)
+    torch.testing.assert_close(loss, (alpha * expected_l - critic(batch["obs"], x_next, k)).mean())
+
+
+def test_critic_loss_scores_q_of_x_k_plus_1_at_step_k(diffsac, monkeypatch):
+    diffusion_steps, gamma = 4, 0.9
+    policy = make_policy(diffsac, diffusion_steps)
+    k = torch.tensor([3, 3, 0, 1])
+    batch = hand_batch(diffusion_steps, k)
+
+    class RecordingCritic(StepValueCritic):
+        def forward(self, obs, x_next, k):
+            self.inputs = (x_next, k)
+            return super().forward(obs, x_next, k)
+
+    qf1, qf2 = RecordingCritic(5.0), RecordingCritic(7.0)
+    loss, qf1_values = diffsac.critic_loss(batch, k, policy, qf1, qf2, StepValueCritic(0.0), StepValueCritic(0.0), 0.0, gamma, True)
+    assert torch.equal(qf1.inputs[0], batch["chains"][torch.arange(4), k + 1]) and torch.equal(qf1.inputs[1], k)
+    x_next = batch["chains"][torch.arange(4), k + 1]
+    y = diffsac.critic_target(batch, k, x_next, policy, StepValueCritic(0.0), StepValueCritic(0.0), 0.0, gamma, True)
+    torch.testing.assert_close(qf1_values, 100.0 * k + batch["obs"][:, 0] + 5.0)
+    expected = ((qf1_values - y) ** 2).mean() + ((qf1_values + 2.0 - y) ** 2).mean()
+    torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize(("entropy", "direction"), [(-10.0, -1), (-20.0, 1)])
+def test_temperature_falls_above_the_entropy_target_and_rises_below(diffsac, entropy, direction):
+    log_alpha = torch.tensor(np.log(0.1), requires_grad=True)
+    diffsac.temperature_loss(log_alpha, torch.tensor(entropy), -15.0).backward()
+    # gradient descent moves log alpha against its gradient
+    assert np.sign(-log_alpha.grad.item()) == direction
 
 
 def test_replay_buffer_stores_chains_and_wraps(diffsac):

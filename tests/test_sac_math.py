@@ -64,6 +64,17 @@ def test_critic_target_on_a_hand_made_batch(sac):
     torch.testing.assert_close(y_soft, expected)
 
 
+def test_actor_loss_is_alpha_log_pi_minus_the_smaller_q(sac):
+    actor = sac.Actor(OBS_DIM, ACTION_DIM, 32)
+    batch = {"obs": torch.randn(8, OBS_DIM)}
+    torch.manual_seed(2)
+    loss, log_pi = sac.actor_loss(batch, actor, StateValueCritic(0.0), StateValueCritic(-1.0), 0.3)
+    torch.manual_seed(2)
+    _, expected_log_pi = actor.sample(batch["obs"])
+    torch.testing.assert_close(log_pi, expected_log_pi)
+    torch.testing.assert_close(loss, (0.3 * expected_log_pi - (batch["obs"][:, 0] - 1.0)).mean())
+
+
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_actor_sample_shapes_and_determinism(sac, deterministic):
     actor = sac.Actor(OBS_DIM, ACTION_DIM, 32)

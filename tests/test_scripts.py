@@ -39,7 +39,9 @@ def test_trains_logs_saves_and_reloads(script, tmp_path):
     losses = [row for row in rows if "losses/qf_loss" in row]
     assert losses and all(math.isfinite(row["losses/qf_loss"]) and math.isfinite(row["losses/actor_loss"]) for row in losses)
     checkpoint = torch.load(run_dir / "model.pt", weights_only=False)
-    assert abs(checkpoint["log_alpha"].exp().item() - 0.1) > 0.005
+    assert abs(checkpoint["log_alpha"].item() - math.log(0.1)) > 1e-3
+    if script == "diffsac.py":  # the drift network's last layer starts at zero
+        assert checkpoint["actor"]["net.4.weight"].abs().sum() > 0
     assert any("charts/episodic_return" in row for row in rows)
     evals = [row for row in rows if "eval/episodic_return" in row]
     assert [row["step"] for row in evals] == [700, 1400]
