@@ -106,6 +106,8 @@ class Args:
     """sigma_p, the std of the prior x_0 ~ N(0, sigma_p^2 I)"""
     chain_targets: bool = True
     """if toggled, in-chain critic targets finish the chain to x_K (method.md section 7); else bootstrap one DA step"""
+    eta_max: float = 1.0
+    """upper bound of the learned step sizes eta_k (kernel std at most sqrt(2 eta_max))"""
     tanh_correction: bool = True
     """if toggled, l_{K-1} includes tanh's log-det, so the entropy estimate is of the squashed action, as in SAC"""
 
@@ -141,6 +143,8 @@ def check_args(args):
         return
     if args.diffusion_steps < 1:
         raise SystemExit(f"error: --diffusion-steps must be at least 1, got {args.diffusion_steps}")
+    if args.eta_max <= 0.5:
+        raise SystemExit(f"error: --eta-max must exceed 0.5, the first step's initial step size, got {args.eta_max}")
     if args.num_envs < 1 or args.batch_size < 1 or args.updates_per_step < 1:
         raise SystemExit("error: --num-envs, --batch-size and --updates-per-step must be at least 1")
     if args.total_timesteps <= max(args.learning_starts, args.batch_size):
@@ -198,22 +202,23 @@ class SoftQNetwork(nn.Module):
 class DiffusionPolicy(nn.Module):
     """K-step denoising chain x_0 -> x_K in pre-tanh space; the squashed action is tanh(x_K) in [-1, 1]^A."""
 
-    def __init__(self, obs_dim, action_dim, hidden_dim, diffusion_steps, prior_std, tanh_correction):
+    def __init__(self, obs_dim, action_dim, hidden_dim, diffusion_steps, prior_std, eta_max, tanh_correction):
         super().__init__()
         self.action_dim, self.diffusion_steps, self.prior_std = action_dim, diffusion_steps, prior_std
-        self.tanh_correction = tanh_correction
+        self.eta_max, self.tanh_correction = eta_max, tanh_correction
         self.net = mlp(obs_dim + action_dim + diffusion_steps, action_dim, hidden_dim)
         # u starts at zero: the initial chain is an Ornstein-Uhlenbeck chain that keeps x ~ N(0, sigma_p^2)
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
-        # eta_k = 0.5 * sched(k), sched(k) = 0.17 + 0.83 (K - k) / K, learned per (step, dim) through a softplus
+        # eta_k = 0.5 * sched(k), sched(k) = 0.17 + 0.83 (K - k) / K, learned per (step, dim) in (0, eta_max):
+        # unbounded (softplus) step sizes kept growing on Hopper until the critic diverged
         steps = torch.arange(diffusion_steps, dtype=torch.float32)
         eta = 0.5 * (0.17 + 0.83 * (diffusion_steps - steps) / diffusion_steps)
-        self.eta_param = nn.Parameter(torch.log(torch.expm1(eta))[:, None].repeat(1, action_dim))
+        self.eta_param = nn.Parameter(torch.logit(eta / eta_max)[:, None].repeat(1, action_dim))
 
     def eta(self):
-        """Step sizes eta_k, shape (K, A)."""
-        return F.softplus(self.eta_param)
+        """Step sizes eta_k = eta_max * sigmoid(param), shape (K, A)."""
+        return self.eta_max * torch.sigmoid(self.eta_param)
 
     def kernel(self, obs, x, k):
         """Mean and std of the denoising kernel q(x_{k+1} | x_k, s, k)."""
@@ -358,7 +363,9 @@ def load_actor(path, device):
     saved = Args(**checkpoint["args"])
     env = gym.make(saved.env_id)
     obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    actor = DiffusionPolicy(obs_dim, action_dim, saved.hidden_dim, saved.diffusion_steps, saved.prior_std, saved.tanh_correction)
+    actor = DiffusionPolicy(
+        obs_dim, action_dim, saved.hidden_dim, saved.diffusion_steps, saved.prior_std, saved.eta_max, saved.tanh_correction
+    )
     actor.load_state_dict(checkpoint["actor"])
     return actor.to(device), saved
 
@@ -404,7 +411,9 @@ if __name__ == "__main__":
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
 
     diffusion_steps = args.diffusion_steps
-    actor = DiffusionPolicy(obs_dim, action_dim, args.hidden_dim, diffusion_steps, args.prior_std, args.tanh_correction).to(device)
+    actor = DiffusionPolicy(obs_dim, action_dim, args.hidden_dim, diffusion_steps, args.prior_std, args.eta_max, args.tanh_correction).to(
+        device
+    )
     qf1, qf2 = (SoftQNetwork(obs_dim, action_dim, args.hidden_dim, diffusion_steps).to(device) for _ in range(2))
     qf1_target, qf2_target = (SoftQNetwork(obs_dim, action_dim, args.hidden_dim, diffusion_steps).to(device) for _ in range(2))
     qf1_target.load_state_dict(qf1.state_dict())

@@ -10,10 +10,10 @@ import torch
 OBS_DIM, ACTION_DIM, HIDDEN, PRIOR_STD = 5, 2, 32, 3.0
 
 
-def make_policy(diffsac, diffusion_steps=4, randomize=True, seed=0, tanh_correction=False):
+def make_policy(diffsac, diffusion_steps=4, randomize=True, seed=0, tanh_correction=False, eta_max=1.0):
     """A policy whose drift network u is non-zero (randomize) or, as initialised, zero."""
     torch.manual_seed(seed)
-    policy = diffsac.DiffusionPolicy(OBS_DIM, ACTION_DIM, HIDDEN, diffusion_steps, PRIOR_STD, tanh_correction)
+    policy = diffsac.DiffusionPolicy(OBS_DIM, ACTION_DIM, HIDDEN, diffusion_steps, PRIOR_STD, eta_max, tanh_correction)
     if randomize:
         with torch.no_grad():
             policy.net[-1].weight.normal_(0, 0.3)
@@ -33,12 +33,20 @@ def test_step_sizes_follow_the_reference_schedule(diffsac):
     assert math.sqrt(2 * eta[-1, 0].item()) == pytest.approx(0.523, abs=1e-3)
 
 
+def test_step_sizes_stay_below_eta_max(diffsac):
+    policy = make_policy(diffsac, randomize=False, eta_max=2.0)
+    torch.testing.assert_close(policy.eta()[0, 0], torch.tensor(0.5))  # the same initial schedule
+    with torch.no_grad():
+        policy.eta_param.fill_(50.0)
+    assert policy.eta().max().item() <= 2.0
+
+
 def test_kernel_mean_and_std_match_the_formula(diffsac):
     policy = make_policy(diffsac)
     obs, x, k = torch.randn(7, OBS_DIM), torch.randn(7, ACTION_DIM), torch.randint(4, (7,))
     mean, std = policy.kernel(obs, x, k)
     u = policy.net(torch.cat([obs, x, torch.nn.functional.one_hot(k, 4).float()], -1))
-    eta = torch.nn.functional.softplus(policy.eta_param)[k]
+    eta = 1.0 * torch.sigmoid(policy.eta_param)[k]  # eta_max * sigmoid
     torch.testing.assert_close(mean, x + eta * (-x / PRIOR_STD**2 + u))
     torch.testing.assert_close(std, torch.sqrt(2 * eta))
 

@@ -94,7 +94,14 @@ def test_bad_input_exits_with_one_clear_line(script, args, message, tmp_path):
     assert last_line.startswith("error:") and message in last_line, result.stderr
 
 
-def test_diffsac_rejects_zero_diffusion_steps(tmp_path):
-    result = run_script("diffsac.py", "--diffusion-steps", 0, cwd=tmp_path)
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--diffusion-steps", 0], "error: --diffusion-steps must be at least 1, got 0"),
+        (["--eta-max", 0.4], "error: --eta-max must exceed 0.5, the first step's initial step size, got 0.4"),
+    ],
+)
+def test_diffsac_rejects_bad_chain_settings(args, message, tmp_path):
+    result = run_script("diffsac.py", *args, cwd=tmp_path)
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1] == "error: --diffusion-steps must be at least 1, got 0"
+    assert result.stderr.strip().splitlines()[-1] == message
