@@ -3,7 +3,7 @@
 The policy is a K-step denoising chain in pre-tanh space R^A (../shared/method.md, sections 2-4):
 
     x_0 ~ N(0, sigma_p^2 I),  q(x_{k+1} | x_k, s, k) = N(x_k + eta_k (-x_k / sigma_p^2 + u(s, x_k, k)), 2 eta_k)
-    a = low + (tanh(x_K) + 1) / 2 * (high - low)
+    a = low + (tanh(x_K) + 1) / 2 * (high - low),   step sizes eta_k in (0, eta_max) learned
 
 log pi(a|s) of a chain is intractable. The one idea: make every denoising step a step of an
 augmented MDP (the DA-MDP) with state (s, x_k, k) and action x_{k+1}, env reward and discount only
