@@ -14,12 +14,13 @@ at k = K-1, and replace log pi by the per-step log ratio against the noising ker
 
 SAC then runs on the DA-MDP with one kernel step per sample, never back-propagating through the chain:
 
-    DA transition  an env transition from the replay buffer with its stored chain x_0..x_K, k ~ U{0..K-1}
+    DA transition  an env transition from the replay buffer with its stored chain x_0..x_K, and a step k:
+                   k = K-1 with probability --last-step-share (default 1/K), else uniform over 0..K-2
     critic target  k = K-1:  y = r + gamma (1 - terminated) [min_i Qbar_i(s', x'_1, 0) - alpha l'_0],  x'_0 ~ prior
                    k < K-1:  y = min_i Qbar_i(s, x'_K, K-1) - alpha sum_{j>k} l'_j
                              (the current policy finishes the chain from x_{k+1}; no reward, no discount)
     actor loss     E[alpha l_k(theta) - min_i Q_i(s, x_{k+1}(theta), k)],  x_{k+1} ~ q reparameterised
-    temperature    loss alpha * stopgrad(H_hat - H_target),  H_hat = -K mean(l_k),  H_target = -c A
+    temperature    loss alpha * stopgrad(H_hat - H_target),  H_hat = -mean(l_k / P(k)),  H_target = -c A
 
 `diff baselines/sac.py diffsac.py` shows exactly what changes from SAC.
 
@@ -106,6 +107,8 @@ class Args:
     """sigma_p, the std of the prior x_0 ~ N(0, sigma_p^2 I)"""
     chain_targets: bool = True
     """if toggled, in-chain critic targets finish the chain to x_K (method.md section 7); else bootstrap one DA step"""
+    last_step_share: float | None = None
+    """share of each batch's DA transitions at the env step k = K-1, the rest uniform below; None: k uniform"""
     eta_max: float = 1.0
     """upper bound of the learned step sizes eta_k (kernel std at most sqrt(2 eta_max))"""
     tanh_correction: bool = True
@@ -143,6 +146,8 @@ def check_args(args):
         return
     if args.diffusion_steps < 1:
         raise SystemExit(f"error: --diffusion-steps must be at least 1, got {args.diffusion_steps}")
+    if args.last_step_share is not None and not 0 < args.last_step_share < 1:
+        raise SystemExit(f"error: --last-step-share must lie strictly between 0 and 1, got {args.last_step_share}")
     if args.eta_max <= 0.5:
         raise SystemExit(f"error: --eta-max must exceed 0.5, the first step's initial step size, got {args.eta_max}")
     if args.num_envs < 1 or args.batch_size < 1 or args.updates_per_step < 1:
@@ -316,6 +321,18 @@ def critic_target(batch, k, x_next, actor, qf1_target, qf2_target, alpha, gamma,
         return torch.where(last, env_target, soft_q)
 
 
+def sample_steps(batch_size, diffusion_steps, last_step_share, device):
+    """Denoising steps k of a batch of DA transitions and their probabilities P(k).
+
+    k = K-1 (the env step) with probability last_step_share (None: 1/K, k uniform), else uniform over 0..K-2.
+    """
+    below = max(diffusion_steps - 1, 1)
+    share = 1.0 if diffusion_steps == 1 else (1 / diffusion_steps if last_step_share is None else last_step_share)
+    last = torch.rand(batch_size, device=device) < share
+    k = torch.where(last, diffusion_steps - 1, torch.randint(below, (batch_size,), device=device))
+    return k, torch.where(last, share, (1 - share) / below)
+
+
 def critic_loss(batch, k, actor, qf1, qf2, qf1_target, qf2_target, alpha, gamma, chain_targets):
     """sum_i mean (Q_i(s, x_{k+1}, k) - y)^2 over the DA transitions (batch, k); also returns Q_1."""
     x_next = batch["chains"][torch.arange(len(k), device=k.device), k + 1]
@@ -447,7 +464,7 @@ if __name__ == "__main__":
             for _ in range(args.updates_per_step * args.num_envs):
                 batch = rb.sample(args.batch_size)
                 alpha = log_alpha.exp().item()
-                k = torch.randint(diffusion_steps, (args.batch_size,), device=device)
+                k, step_probability = sample_steps(args.batch_size, diffusion_steps, args.last_step_share, device)
                 qf_loss, qf1_values = critic_loss(batch, k, actor, qf1, qf2, qf1_target, qf2_target, alpha, args.gamma, args.chain_targets)
                 check_finite("qf_loss", qf_loss, global_step)
                 q_optimizer.zero_grad()
@@ -460,7 +477,7 @@ if __name__ == "__main__":
                 policy_loss.backward()
                 actor_optimizer.step()
 
-                entropy = -diffusion_steps * l_k.detach().mean()
+                entropy = -(l_k.detach() / step_probability).mean()  # sum over the K steps of the chain
                 if args.autotune:
                     alpha_loss = temperature_loss(log_alpha, entropy, target_entropy)
                     alpha_optimizer.zero_grad()

@@ -233,6 +233,21 @@ def test_critic_loss_scores_q_of_x_k_plus_1_at_step_k(diffsac, monkeypatch):
     torch.testing.assert_close(loss, expected)
 
 
+@pytest.mark.parametrize(("diffusion_steps", "share"), [(8, None), (8, 0.5), (4, 0.1), (1, None)])
+def test_sample_steps_frequencies_and_probabilities(diffsac, diffusion_steps, share):
+    torch.manual_seed(0)
+    k, probability = diffsac.sample_steps(200_000, diffusion_steps, share, "cpu")
+    frequency = torch.bincount(k, minlength=diffusion_steps).float() / len(k)
+    last_share = 1.0 if diffusion_steps == 1 else (share or 1 / diffusion_steps)
+    expected = torch.full((diffusion_steps,), (1 - last_share) / max(diffusion_steps - 1, 1))
+    expected[-1] = last_share
+    torch.testing.assert_close(frequency, expected, atol=0.005, rtol=0)
+    torch.testing.assert_close(probability, expected[k])
+    # l / P(k) averages to the sum over the chain's steps whatever the sampling: the entropy estimate
+    per_step_l = torch.arange(1.0, diffusion_steps + 1)
+    assert (per_step_l[k] / probability).mean().item() == pytest.approx(per_step_l.sum().item(), rel=0.02)
+
+
 @pytest.mark.parametrize(("entropy", "direction"), [(-10.0, -1), (-20.0, 1)])
 def test_temperature_falls_above_the_entropy_target_and_rises_below(diffsac, entropy, direction):
     log_alpha = torch.tensor(np.log(0.1), requires_grad=True)

@@ -99,6 +99,7 @@ def test_bad_input_exits_with_one_clear_line(script, args, message, tmp_path):
     [
         (["--diffusion-steps", 0], "error: --diffusion-steps must be at least 1, got 0"),
         (["--eta-max", 0.4], "error: --eta-max must exceed 0.5, the first step's initial step size, got 0.4"),
+        (["--last-step-share", 1.0], "error: --last-step-share must lie strictly between 0 and 1, got 1.0"),
     ],
 )
 def test_diffsac_rejects_bad_chain_settings(args, message, tmp_path):
