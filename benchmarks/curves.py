@@ -5,7 +5,7 @@ seeds with the min-max band. Prints a markdown table: last eval return (mean ove
 value), the env step it was taken at (runs stopped early show fewer steps than their budget), and env
 steps per second of the learning phase (after the warm-up).
 
-    python benchmarks/curves.py runs --out benchmarks/results/sac_hopper_halfcheetah.png
+    python benchmarks/curves.py runs --out benchmarks/results/sac_100k.png --exp-names diffsac sac
 """
 
 import argparse
@@ -35,12 +35,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", type=Path, help="folder holding run directories (runs/)")
     parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    parser.add_argument("--exp-names", nargs="+", help="only the runs of these exp_names (default: all)")
     options = parser.parse_args()
 
     groups = defaultdict(list)
     for metrics in sorted(options.runs.glob("*/metrics.jsonl")):
         args, steps, returns, sps = load_run(metrics.parent)
-        if len(steps):
+        if len(steps) and (options.exp_names is None or args["exp_name"] in options.exp_names):
             groups[(args["env_id"], args["exp_name"])].append((args["seed"], steps, returns, sps))
     if not groups:
         raise SystemExit(f"error: no runs with an evaluation under {options.runs}")
