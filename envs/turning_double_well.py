@@ -54,10 +54,10 @@ class TurningWalker(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, num_wells=2):
+    def __init__(self, num_wells=2, render_mode=None):
         if num_wells < 2:
             raise ValueError(f"num_wells must be at least 2, got {num_wells}")
-        self.num_wells = num_wells
+        self.num_wells, self.render_mode = num_wells, render_mode
         self.observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
         self.heading, self.position = 0.0, np.zeros(2)

@@ -6,6 +6,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from envs.turning_double_well import HORIZON, double_well_reward, multi_well_reward
+from tests.conftest import read_metrics, run_script
 
 DOUBLE_WELL = "envs.turning_double_well:TurningDoubleWell-v0"
 MULTI_WELL = "envs.turning_double_well:TurningMultiWell-v0"
@@ -64,3 +65,20 @@ def test_headings_turns_and_horizon():
         assert not terminated
         steps += 1
     assert steps == HORIZON
+
+
+def test_diffsac_trains_on_the_task_through_its_env_id_alone(tmp_path):
+    result = run_script(
+        "diffsac.py",
+        *("--env-id", DOUBLE_WELL, "--total-timesteps", 1200, "--learning-starts", 1000, "--batch-size", 32),
+        *("--eval-episodes", 1, "--save-model"),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    rows = read_metrics(run_dir)
+    assert any("losses/qf_loss" in row for row in rows)
+    # horizon 100, reward in [0, 1] per step
+    returns = [row["charts/episodic_return"] for row in rows if "charts/episodic_return" in row]
+    assert len(returns) == 12 and all(0 <= value <= 100 for value in returns)
+    assert [row["charts/episodic_length"] for row in rows if "charts/episodic_length" in row] == [100] * 12
