@@ -1,0 +1,493 @@
+"""PPO: Proximal Policy Optimization with a tanh-Gaussian policy, the Gaussian twin of diffppo.py.
+
+CleanRL's ppo_continuous_action.py (same hyper-parameters), with three changes shared by diffppo.py:
+a tanh-squashed Gaussian, truncated episodes bootstrapped from their final observation, and the
+entropy bonus in the reward (maximum-entropy RL) instead of in the loss:
+
+    x ~ N(mu(s), sigma^2),  sigma state-independent,  a = low + (tanh(x) + 1) / 2 * (high - low)
+    log pi(a|s) = log N(x; mu, sigma) - sum_d log(1 - tanh(x_d)^2)
+    soft reward   r~_t = r_t / std(discounted return) - eps * log pi(a_t|s_t)     (eps = 0: plain PPO)
+    GAE           delta_t = r~_t + gamma (1 - done_t) V(s_{t+1}) - V(s_t),  A_t = delta_t + gamma lambda (1 - done_t) A_{t+1}
+    policy loss   E[max(-A rho, -A clip(rho, 1 - c, 1 + c))],  rho = N(x; mu_theta, sigma_theta) / N(x; mu_old, sigma_old)
+    value loss    0.5 E[max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)],  R = A + V_old
+
+A truncated step adds gamma V(final observation) to its reward and ends the trace. Observations are
+normalised by running statistics kept inside the policy (saved with it; evaluation does not update
+them), rewards by the running std of the discounted return.
+
+`diff baselines/ppo.py diffppo.py` shows exactly what changes when the Gaussian becomes a diffusion chain.
+
+Run:  python baselines/ppo.py --env-id Hopper-v5 --total-timesteps 1000000
+"""
+
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (part of the run directory's name)"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda is used when available"""
+    track: bool = False
+    """if toggled, the run is also logged to Weights and Biases"""
+    wandb_project_name: str = "diffusion-maxent-rl"
+    """the W&B project name"""
+    wandb_entity: str | None = None
+    """the W&B entity (team)"""
+    capture_video: bool = False
+    """if toggled, the final evaluation episodes are recorded to `runs/{run_name}/videos`"""
+    save_model: bool = False
+    """if toggled, the trained model is saved to `runs/{run_name}/model.pt`"""
+    evaluate_checkpoint: str | None = None
+    """path of a saved model.pt: evaluate it for `--eval-episodes` episodes instead of training"""
+
+    env_id: str = "Hopper-v5"
+    """the id of the gymnasium environment (continuous actions)"""
+    total_timesteps: int = 1_000_000
+    """total env steps of the experiment"""
+    num_envs: int = 1
+    """the number of parallel environments"""
+    eval_frequency: int = 10_000
+    """evaluate the policy every this many env steps (after the rollout that crosses the mark)"""
+    eval_episodes: int = 5
+    """the number of episodes of each evaluation"""
+    eval_deterministic: bool = False
+    """if toggled, evaluate the mean action tanh(mu(s)) instead of sampling the policy"""
+    learning_rate: float = 3e-4
+    """the learning rate of the optimizer"""
+    anneal_lr: bool = True
+    """if toggled, the learning rate decays linearly to zero over the run"""
+    num_steps: int = 2048
+    """env steps per env in each rollout"""
+    gamma: float = 0.99
+    """the discount factor"""
+    gae_lambda: float = 0.95
+    """lambda of the generalized advantage estimate"""
+    num_minibatches: int = 32
+    """the number of minibatches each epoch splits the rollout into"""
+    update_epochs: int = 10
+    """the number of passes over each rollout"""
+    norm_adv: bool = True
+    """if toggled, advantages are normalised within each minibatch"""
+    clip_coef: float = 0.2
+    """the clipping range c of the probability ratio (and of the value change)"""
+    clip_vloss: bool = True
+    """if toggled, the value loss is clipped like the policy objective"""
+    ent_coef: float = 2e-4
+    """eps, the weight of the entropy bonus -eps log pi(a|s) in the (normalised) reward"""
+    vf_coef: float = 0.5
+    """the weight of the value loss"""
+    max_grad_norm: float = 0.5
+    """the maximum norm of the gradient"""
+    normalize_reward: bool = True
+    """if toggled, rewards are divided by the running std of the discounted return (clipped to [-10, 10])"""
+    hidden_dim: int = 64
+    """width of the hidden layers of every network"""
+
+
+def to_env(squashed_action, space):
+    """Maps tanh(x) in [-1, 1] to the env's bounds: a = low + (tanh(x) + 1) / 2 * (high - low)."""
+    return space.low + (squashed_action + 1) / 2 * (space.high - space.low)
+
+
+def make_env(env_id, seed):
+    def thunk():
+        env = gym.make(env_id)
+        env = gym.wrappers.RecordEpisodeStatistics(env)
+        env.action_space.seed(seed)
+        return env
+
+    return thunk
+
+
+def check_args(args):
+    """Exit with one clear line on input that cannot train."""
+    try:
+        probe = gym.make(args.env_id)
+    except Exception as error:
+        first_line = (str(error).splitlines() or [type(error).__name__])[0]
+        raise SystemExit(f"error: cannot make --env-id {args.env_id!r}: {first_line}") from None
+    if not isinstance(probe.action_space, gym.spaces.Box):
+        raise SystemExit(
+            f"error: --env-id {args.env_id!r} has action space {probe.action_space}; only continuous (Box) actions are supported"
+        )
+    probe.close()
+    if args.evaluate_checkpoint is not None:
+        return
+    if min(args.num_envs, args.num_steps, args.num_minibatches, args.update_epochs) < 1:
+        raise SystemExit("error: --num-envs, --num-steps, --num-minibatches and --update-epochs must be at least 1")
+    if 2 * args.num_minibatches > args.num_steps * args.num_envs:
+        raise SystemExit(
+            f"error: --num-minibatches {args.num_minibatches} leaves fewer than 2 of the rollout's {args.num_steps * args.num_envs} "
+            "env steps per minibatch"
+        )
+    if args.total_timesteps < args.num_steps * args.num_envs:
+        raise SystemExit(
+            f"error: --total-timesteps {args.total_timesteps} is smaller than one rollout "
+            f"(--num-steps {args.num_steps} x --num-envs {args.num_envs}), so no gradient update would run"
+        )
+
+
+def real_next_obs(next_obs, infos):
+    """True next observations of a vector env step with SAME_STEP autoreset.
+
+    A finished env already returns its reset observation; the episode's last one is in
+    infos["final_obs"]. A truncated episode is bootstrapped from it.
+    """
+    real = next_obs.copy()
+    for i in np.flatnonzero(infos.get("_final_obs", [])):
+        real[i] = infos["final_obs"][i]
+    return real
+
+
+def check_finite(name, value, step):
+    """Stop training on a NaN or infinite loss (never keep training on it)."""
+    if not torch.isfinite(value):
+        raise SystemExit(f"error: {name} became {value.item()} at env step {step}; stopping")
+
+
+class RunningMeanStd(nn.Module):
+    """Running mean and variance of a stream of batches (parallel algorithm); buffers, so saved with the model."""
+
+    def __init__(self, shape=()):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
+        self.register_buffer("count", torch.tensor(1e-4, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, batch):
+        batch = batch.to(torch.float64)
+        batch_mean, batch_var, batch_count = batch.mean(0), batch.var(0, unbiased=False), batch.shape[0]
+        delta, total = batch_mean - self.mean, self.count + batch_count
+        self.var.copy_((self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total) / total)
+        self.mean.add_(delta * batch_count / total)
+        self.count.copy_(total)
+
+    def normalize(self, x):
+        """(x - mean) / std clipped to [-10, 10], as CleanRL's NormalizeObservation wrapper."""
+        return ((x - self.mean) / torch.sqrt(self.var + 1e-8)).clamp(-10, 10).float()
+
+
+def mlp(in_dim, out_dim, hidden_dim, last_std):
+    """Two hidden tanh layers with orthogonal initialisation (CleanRL's layer_init); the last layer's gain is last_std."""
+    layers = [nn.Linear(in_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, out_dim)]
+    for layer, gain in zip(layers[::2], (np.sqrt(2), np.sqrt(2), last_std), strict=True):
+        nn.init.orthogonal_(layer.weight, gain)
+        nn.init.zeros_(layer.bias)
+    return nn.Sequential(*layers)
+
+
+def gaussian_log_prob(y, mean, std):
+    """log N(y; mean, diag(std^2)), summed over the last dimension."""
+    return (-((y - mean) ** 2) / (2 * std**2) - torch.log(std) - 0.5 * np.log(2 * np.pi)).sum(-1)
+
+
+def tanh_log_det(x):
+    """log|d tanh(x)/dx| = sum_d log(1 - tanh(x_d)^2) = sum_d 2 (log 2 - x_d - softplus(-2 x_d)), numerically stable."""
+    return 2 * (np.log(2.0) - x - F.softplus(-2 * x)).sum(-1)
+
+
+class ValueNetwork(nn.Module):
+    """V(s) on the normalised observation."""
+
+    def __init__(self, obs_dim, hidden_dim):
+        super().__init__()
+        self.net = mlp(obs_dim, 1, hidden_dim, last_std=1.0)
+
+    def forward(self, obs):
+        return self.net(obs).squeeze(-1)
+
+
+class Actor(nn.Module):
+    """tanh-Gaussian policy: x ~ N(mu(s), sigma^2) with a state-independent sigma; the squashed action is tanh(x)."""
+
+    def __init__(self, obs_dim, action_dim, hidden_dim):
+        super().__init__()
+        self.obs_rms = RunningMeanStd((obs_dim,))
+        self.net = mlp(obs_dim, action_dim, hidden_dim, last_std=0.01)
+        self.log_std = nn.Parameter(torch.zeros(action_dim))
+
+    def kernel(self, obs):
+        """Mean and std of the Gaussian N(mu(s), sigma^2) on the normalised observation."""
+        mean = self.net(obs)
+        return mean, self.log_std.exp().expand_as(mean)
+
+    def act(self, obs, deterministic=False):
+        """x ~ pi(.|s) on the normalised observation; returns x, log N(x; mu, sigma) (for the ratio) and log pi(a|s)."""
+        mean, std = self.kernel(obs)
+        x = mean if deterministic else mean + std * torch.randn_like(mean)
+        log_prob = gaussian_log_prob(x, mean, std)
+        # log pi of the squashed action: the tanh log-det cancels in the ratio, not in the entropy bonus
+        return x, log_prob, log_prob - tanh_log_det(x)
+
+    def sample(self, obs, deterministic=False):
+        """From a raw observation (normalised here with the frozen statistics): the squashed action tanh(x) and x."""
+        x, _, _ = self.act(self.obs_rms.normalize(obs), deterministic)
+        return torch.tanh(x), x
+
+
+def compute_gae(rewards, values, dones, last_value, gamma, gae_lambda):
+    """GAE over a rollout of shape (T, N): A_t = delta_t + gamma lambda (1 - done_t) A_{t+1}.
+
+    delta_t = r_t + gamma (1 - done_t) V_{t+1} - V_t, with V_T = last_value; done_t ends the episode after step t.
+    """
+    not_done = 1.0 - dones
+    deltas = rewards + gamma * not_done * torch.cat([values[1:], last_value[None]]) - values
+    decay = (gamma * gae_lambda * not_done).cpu().numpy()
+    advantages = deltas.cpu().numpy()
+    for t in reversed(range(len(advantages) - 1)):  # the only sequential part, on numpy: fast for long rollouts
+        advantages[t] += decay[t] * advantages[t + 1]
+    return torch.as_tensor(advantages, device=rewards.device)
+
+
+def policy_loss(actor, batch, clip_coef, norm_adv):
+    """Clipped surrogate E[max(-A rho, -A clip(rho, 1 - c, 1 + c))] on the Gaussian's ratio; also returns rho."""
+    mean, std = actor.kernel(batch["obs"])
+    ratio = (gaussian_log_prob(batch["x"], mean, std) - batch["log_prob"]).exp()
+    advantages = batch["advantages"]
+    if norm_adv:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    surrogate = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef))
+    return surrogate.mean(), ratio
+
+
+def value_loss(critic, batch, clip_coef, clip_vloss):
+    """0.5 E[(V - R)^2], clipped around the rollout's values like the policy objective when clip_vloss."""
+    new_value = critic(batch["obs"])
+    loss = (new_value - batch["returns"]) ** 2
+    if clip_vloss:
+        clipped_value = batch["values"] + (new_value - batch["values"]).clamp(-clip_coef, clip_coef)
+        loss = torch.max(loss, (clipped_value - batch["returns"]) ** 2)
+    return 0.5 * loss.mean()
+
+
+def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=None):
+    """Undiscounted returns of `episodes` episodes on a fresh env, seeded seed, seed+1, ...; observation statistics frozen."""
+    env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
+    if video_dir:
+        env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda _: True, disable_logger=True)
+    returns = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        done, episode_return = False, 0.0
+        while not done:
+            with torch.no_grad():
+                action, _ = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)
+            obs, reward, terminated, truncated, _ = env.step(to_env(action[0].cpu().numpy(), env.action_space))
+            episode_return += float(reward)
+            done = terminated or truncated
+        returns.append(episode_return)
+    env.close()
+    return np.array(returns)
+
+
+def load_actor(path, device):
+    """Rebuilds the actor (with its observation statistics) of a checkpoint written by --save-model; returns it and the run's Args."""
+    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    saved = Args(**checkpoint["args"])
+    env = gym.make(saved.env_id)
+    actor = Actor(env.observation_space.shape[0], env.action_space.shape[0], saved.hidden_dim)
+    actor.load_state_dict(checkpoint["actor"])
+    return actor.to(device), saved
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    check_args(args)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+
+    if args.evaluate_checkpoint is not None:
+        actor, saved = load_actor(args.evaluate_checkpoint, device)
+        returns = evaluate(actor, saved.env_id, args.eval_episodes, args.seed, args.eval_deterministic, device)
+        print(f"{saved.env_id}: eval returns {np.round(returns, 2).tolist()} mean {returns.mean():.2f}")
+        raise SystemExit(0)
+
+    run_name = f"{args.env_id.replace(':', '_').replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join("runs", run_name)
+    writer = SummaryWriter(run_dir)
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=asdict(args), name=run_name)
+    with open(os.path.join(run_dir, "args.json"), "w") as f:
+        json.dump(asdict(args), f, indent=2)
+    metrics_file = open(os.path.join(run_dir, "metrics.jsonl"), "a")
+    start_time = time.time()
+
+    def log_scalars(step, scalars):
+        """Writes scalars to TensorBoard and, one JSON line per call, to metrics.jsonl."""
+        for tag, value in scalars.items():
+            writer.add_scalar(tag, value, step)
+        metrics_file.write(json.dumps({"step": step, "time": round(time.time() - start_time, 2), **scalars}) + "\n")
+        metrics_file.flush()
+
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, args.seed + i) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
+
+    actor = Actor(obs_dim, action_dim, args.hidden_dim).to(device)
+    critic = ValueNetwork(obs_dim, args.hidden_dim).to(device)
+    optimizer = torch.optim.Adam(list(actor.parameters()) + list(critic.parameters()), lr=args.learning_rate, eps=1e-5)
+    reward_rms = RunningMeanStd().to(device)
+
+    # rollout storage, one row per env step
+    N = args.num_envs
+    env_steps_per_env = args.total_timesteps // N
+    num_iterations = env_steps_per_env // args.num_steps
+    leftover = env_steps_per_env % args.num_steps  # the last rollout also takes the steps left over
+    max_steps = args.num_steps + leftover
+    obs_buf = torch.zeros(max_steps, N, obs_dim, device=device)
+    x_buf = torch.zeros(max_steps, N, action_dim, device=device)
+    log_prob_buf = torch.zeros(max_steps, N, device=device)
+    log_pi_buf = torch.zeros(max_steps, N, device=device)
+    values_buf = torch.zeros(max_steps, N, device=device)
+    rewards_buf = torch.zeros(max_steps, N, device=device)
+    dones_buf = torch.zeros(max_steps, N, device=device)
+
+    obs, _ = envs.reset(seed=args.seed)
+    discounted_return = torch.zeros(N, dtype=torch.float64, device=device)
+    global_step, recent_returns, next_eval = 0, [], args.eval_frequency
+    last_print, last_print_step = start_time, 0
+    for iteration in range(1, num_iterations + 1):
+        num_steps = args.num_steps + (leftover if iteration == num_iterations else 0)
+        if args.anneal_lr:
+            optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / num_iterations) * args.learning_rate
+
+        for step in range(num_steps):
+            global_step += N
+            obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=device)
+            actor.obs_rms.update(obs_tensor)
+            obs_norm = actor.obs_rms.normalize(obs_tensor)
+            with torch.no_grad():
+                x, log_prob, log_pi = actor.act(obs_norm)
+                values_buf[step] = critic(obs_norm)
+            next_obs, rewards, terminations, truncations, infos = envs.step(to_env(torch.tanh(x).cpu().numpy(), envs.single_action_space))
+            obs_buf[step], x_buf[step], log_prob_buf[step], log_pi_buf[step] = obs_norm, x, log_prob, log_pi
+
+            rewards = torch.as_tensor(rewards, device=device)
+            dones = torch.as_tensor(terminations | truncations, dtype=torch.float32, device=device)
+            if args.normalize_reward:
+                discounted_return = discounted_return * args.gamma + rewards
+                reward_rms.update(discounted_return)
+                rewards = (rewards / torch.sqrt(reward_rms.var + 1e-8)).clamp(-10, 10)
+                discounted_return = discounted_return * (1 - dones)
+            # a truncated episode did not end: bootstrap its last step from the final observation
+            truncated = torch.as_tensor(truncations & ~terminations, device=device)
+            if truncated.any():
+                final_obs = torch.as_tensor(real_next_obs(next_obs, infos), dtype=torch.float32, device=device)
+                with torch.no_grad():
+                    rewards = rewards + truncated * args.gamma * critic(actor.obs_rms.normalize(final_obs))
+            rewards_buf[step] = rewards.float()
+            dones_buf[step] = dones
+
+            for i in np.flatnonzero(infos.get("_final_info", [])):
+                episode = infos["final_info"]["episode"]
+                recent_returns = (recent_returns + [float(episode["r"][i])])[-10:]
+                log_scalars(global_step, {"charts/episodic_return": float(episode["r"][i]), "charts/episodic_length": int(episode["l"][i])})
+            obs = next_obs
+
+        # the entropy bonus enters as a reward: soft reward = r - eps log pi(a|s)
+        soft_rewards = rewards_buf[:num_steps] - args.ent_coef * log_pi_buf[:num_steps]
+        with torch.no_grad():
+            last_value = critic(actor.obs_rms.normalize(torch.as_tensor(obs, dtype=torch.float32, device=device)))
+        advantages = compute_gae(soft_rewards, values_buf[:num_steps], dones_buf[:num_steps], last_value, args.gamma, args.gae_lambda)
+        batch = {
+            "obs": obs_buf[:num_steps].reshape(-1, obs_dim),
+            "x": x_buf[:num_steps].reshape(-1, action_dim),
+            "log_prob": log_prob_buf[:num_steps].reshape(-1),
+            "values": values_buf[:num_steps].reshape(-1),
+            "advantages": advantages.reshape(-1),
+            "returns": (advantages + values_buf[:num_steps]).reshape(-1),
+        }
+
+        batch_size = num_steps * N
+        clip_fractions = []
+        for _ in range(args.update_epochs):
+            for indices in torch.randperm(batch_size, device=device).tensor_split(args.num_minibatches):
+                minibatch = {key: value[indices] for key, value in batch.items()}
+                pg_loss, ratio = policy_loss(actor, minibatch, args.clip_coef, args.norm_adv)
+                v_loss = value_loss(critic, minibatch, args.clip_coef, args.clip_vloss)
+                loss = pg_loss + args.vf_coef * v_loss
+                check_finite("loss", loss, global_step)
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(list(actor.parameters()) + list(critic.parameters()), args.max_grad_norm)
+                optimizer.step()
+                with torch.no_grad():
+                    approx_kl = ((ratio - 1) - ratio.log()).mean()  # the low-variance estimator of KL(old || new)
+                    clip_fractions.append(((ratio - 1).abs() > args.clip_coef).float().mean().item())
+
+        explained_variance = 1 - (batch["returns"] - batch["values"]).var() / batch["returns"].var()
+        log_scalars(
+            global_step,
+            {
+                "charts/learning_rate": optimizer.param_groups[0]["lr"],
+                "losses/value_loss": v_loss.item(),
+                "losses/policy_loss": pg_loss.item(),
+                "losses/approx_kl": approx_kl.item(),
+                "losses/clipfrac": float(np.mean(clip_fractions)),
+                "losses/explained_variance": explained_variance.item(),
+                "policy/eps": args.ent_coef,
+                "policy/entropy": -log_pi_buf[:num_steps].mean().item(),
+                "policy/std": actor.log_std.exp().mean().item(),
+                "policy/saturated_fraction": (torch.tanh(batch["x"]).abs() > 0.99).float().mean().item(),
+                "charts/SPS": int(global_step / (time.time() - start_time)),
+            },
+        )
+
+        if global_step >= next_eval or iteration == num_iterations:
+            next_eval = (global_step // args.eval_frequency + 1) * args.eval_frequency
+            final = iteration == num_iterations
+            video_dir = os.path.join(run_dir, "videos") if final and args.capture_video else None
+            returns = evaluate(actor, args.env_id, args.eval_episodes, args.seed + 10_000, args.eval_deterministic, device, video_dir)
+            log_scalars(global_step, {"eval/episodic_return": float(returns.mean())})
+
+        if time.time() - last_print > 5 or iteration == num_iterations:
+            sps = (global_step - last_print_step) / (time.time() - last_print)  # recent speed, for the time left
+            last_print, last_print_step = time.time(), global_step
+            recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
+            time_left = (args.total_timesteps - global_step) / max(sps, 1e-9)
+            print(
+                f"step {global_step}/{args.total_timesteps} | return {recent} | SPS {sps:.0f} | time left {time_left / 60:.1f} min",
+                flush=True,
+            )
+
+    if args.save_model:
+        model_path = os.path.join(run_dir, "model.pt")
+        torch.save(
+            {
+                "args": asdict(args),
+                "actor": actor.state_dict(),  # includes the observation statistics obs_rms.{mean, var, count}
+                "critic": critic.state_dict(),
+                "reward_rms": reward_rms.state_dict(),
+            },
+            model_path,
+        )
+        print(f"model saved to {model_path}")
+    envs.close()
+    writer.close()
+    metrics_file.close()
