@@ -223,10 +223,10 @@ def test_submitit_backend_says_how_to_install_it(tmp_path, monkeypatch):
 
 
 def test_runner_and_report_end_to_end(tmp_path, capsys):
-    """Smoke test with numbers: DiffSAC and SAC for 1,100 env steps (100 gradient updates), 2 at a time, then the report."""
+    """Smoke test with numbers: DiffSAC and SAC for 400 env steps (100 gradient updates), 2 at a time, then the report."""
     runs_dir = tmp_path / "bench"
-    argv = ["--pairs", "diffsac", "--env-ids", "Hopper-v5", "--seeds", "1", "--total-timesteps", "1100", "--learning-starts", "1000"]
-    argv += ["--eval-frequency", "550", "--eval-episodes", "2", "--workers", "2", "--runs-dir", str(runs_dir)]
+    argv = ["--pairs", "diffsac", "--env-ids", "Hopper-v5", "--seeds", "1", "--total-timesteps", "400", "--learning-starts", "300"]
+    argv += ["--eval-frequency", "200", "--eval-episodes", "2", "--workers", "2", "--runs-dir", str(runs_dir)]
     run.main(argv)
     assert "2 of 2 runs finished" in capsys.readouterr().out
     summary = json.loads((runs_dir / "runner.jsonl").read_text())
@@ -238,7 +238,7 @@ def test_runner_and_report_end_to_end(tmp_path, capsys):
 
     report.main([str(runs_dir / "runs"), "--out", str(tmp_path / "report")])
     text = (tmp_path / "report" / "results.md").read_text()
-    assert table_row(text, "diffsac")[1:3] == ["1 (1)", "1,100"]
+    assert table_row(text, "diffsac")[1:3] == ["1 (1)", "400"]
     assert table_row(text, "diffsac / sac")[4].endswith("x")
 
 
