@@ -162,8 +162,10 @@ def env_tables(env_id, groups):
         lines += ["", "| diffusion / baseline | final return: mean | IQM | AUC | cost per env step |", "|---|---|---|---|---|"]
         for diffusion, baseline in pairs:
             d, b = stats[diffusion], stats[baseline]
+            # runs stopped at different steps (--include-unfinished) are not comparable: say so in the row
+            unequal = f" (at {d['env_steps']} / {b['env_steps']} env steps)" if d["env_steps"] != b["env_steps"] else ""
             lines.append(
-                f"| {diffusion} / {baseline} | {times(ratio(d['mean'], b['mean']))} | {times(ratio(d['iqm'], b['iqm']))} "
+                f"| {diffusion} / {baseline}{unequal} | {times(ratio(d['mean'], b['mean']))} | {times(ratio(d['iqm'], b['iqm']))} "
                 f"| {times(ratio(d['auc'], b['auc']))} | {times(ratio(b['sps'], d['sps']))} |"
             )
     return "\n".join(lines)

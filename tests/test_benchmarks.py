@@ -126,6 +126,9 @@ def test_report_filters_and_unfinished_runs(fake_runs, tmp_path):
     text = (out / "results.md").read_text()
     assert table_row(text, "sac")[1:3] == ["4 (1, 2, 3, 4)", "1,000-3,000"]
     assert "| diffsac |" not in text and "diffsac / sac" not in text
+    report.main([str(fake_runs), "--out", str(out), "--include-unfinished"])
+    ratios = table_row((out / "results.md").read_text(), "diffsac / sac (at 3,000 / 1,000-3,000 env steps)")
+    assert ratios[1] == f"{400 / ((200 + 500 + 2000 + 9999) / 4):.2f}x"  # flagged: the pair's runs stopped at different steps
     with pytest.raises(SystemExit, match="error: no finished runs"):
         report.main([str(fake_runs), "--out", str(out), "--env-ids", "Walker2d-v5"])
 
