@@ -9,7 +9,8 @@ runs go at once, each with `--threads` torch threads (OMP_NUM_THREADS).
 A run is finished when its metrics.jsonl has an `eval/episodic_return` row at step == total_timesteps.
 Finished runs with the same env id, exp_name, seed and budget are skipped, so an interrupted benchmark
 resumes where it stopped; any other run directory of that env id, exp_name and seed (crashed, killed,
-or another budget) is moved to `RUNS_DIR/stale/` and the run starts again.
+or another budget) is moved to `RUNS_DIR/stale/` and the run starts again. So never start two runners
+(or a runner and unfinished submitit jobs) on the same RUNS_DIR: one would move the other's live runs aside.
 
 Pairs come from PAIRS (diffusion script, Gaussian twin); a pair whose files do not exist yet is skipped.
 
@@ -21,8 +22,9 @@ Presets (2 workers, 1 torch thread each, on the 2-core machine of benchmarks/res
               330 s + 430 s per (env, seed), plus about 10% for warm-up and evaluations: 14 CPU-min,
               so 4 x 14 = 56 CPU-min for the pair.
             On-policy pairs: 98,304 env steps (6 x 16,384, so any power-of-two rollout batch up to 16,384
-              ends exactly on the budget). PPO runs at about 1,300 env steps/s: 75 s per run; assuming its
-              diffusion twin costs at most 3x that per env step, 5 CPU-min per (env, seed), 20 per pair.
+              ends exactly on the budget). PPO runs at about 1,300 env steps/s: 75 s per run. A short check
+              on the loaded machine put DiffPPO and DA-MDP REPPO (K = 8) at 2.2x and 2.4x their twins' cost
+              per env step; at 3x: 5 CPU-min per (env, seed) with evaluations, 20 CPU-min per pair.
             Four pairs: 56 + 3 x 20 = 116 CPU-min, about 1 hour of wall time on 2 workers.
     paper   1M env steps (2^20 = 1,048,576) for every script, as in the paper; Hopper, Walker2d,
             HalfCheetah, Ant, Humanoid (v5); seeds 1-5; eval every 16,384 steps, 10 episodes. 200 runs
@@ -34,8 +36,9 @@ Presets (2 workers, 1 torch thread each, on the 2-core machine of benchmarks/res
     python benchmarks/report.py benchmarks/runs/quick/runs --out benchmarks/results/quick
 
 `--backend submitit` (pip install submitit) hands the same commands to Slurm as one job array, with
-`--workers` as the array's parallelism (without Slurm, submitit runs them as local jobs); run this
-script again once the jobs are done to check that every run finished (finished runs are skipped).
+`--workers` as the array's parallelism and `--threads` CPUs per job; it returns once they are submitted
+(job files in RUNS_DIR/submitit/). Run the same command again once the jobs are done: it skips the
+finished runs and resubmits the others. Without Slurm, submitit starts every job at once on this machine.
 """
 
 import argparse
@@ -252,7 +255,7 @@ def submit_submitit(todo, runs_dir, options):
     except ImportError:
         raise SystemExit("error: --backend submitit needs the submitit package: pip install submitit") from None
     (runs_dir / "logs").mkdir(parents=True, exist_ok=True)
-    executor = submitit.AutoExecutor(folder=runs_dir / "submitit" / "%j")
+    executor = submitit.AutoExecutor(folder=runs_dir / "submitit")
     parameters = {"name": "diffusion-maxent-rl", "timeout_min": options.timeout_min, "cpus_per_task": options.threads}
     parameters["slurm_array_parallelism"] = options.workers
     if options.slurm_partition:
@@ -263,7 +266,9 @@ def submit_submitit(todo, runs_dir, options):
         jobs = []
         for run in todo:
             log = shlex.quote(str(runs_dir / "logs" / run.name))
-            logged = ["sh", "-c", f'exec "$@" >> {log}.out 2>> {log}.err', "sh", *run.command()]
+            header = shlex.quote(f"=== {datetime.now().isoformat(timespec='seconds')} (submitted) {run.describe()}")
+            logging = f'echo {header} | tee -a {log}.out >> {log}.err; exec "$@" >> {log}.out 2>> {log}.err'
+            logged = ["sh", "-c", logging, "sh", *run.command()]
             jobs.append(executor.submit(submitit.helpers.CommandFunction(logged, verbose=False, cwd=runs_dir, env=env)))
     for run, job in zip(todo, jobs, strict=True):
         print(f"submitted job {job.job_id}: {run.name}")
@@ -314,7 +319,7 @@ def main(argv=None):
     for run in finished:
         print(f"finished, skipping: {run.name}")
     print(f"{len(runs)} runs, {len(finished)} finished, {len(todo)} to run in {options.runs_dir}", flush=True)
-    if options.dry_run:
+    if options.dry_run and todo:
         print(f"each run in {options.runs_dir} with OMP_NUM_THREADS={options.threads}, {options.workers} at a time:")
         for run in todo:
             print(run.describe())
@@ -323,6 +328,7 @@ def main(argv=None):
         return
     if options.backend == "submitit":
         submit_submitit(todo, options.runs_dir, options)
+        print(f"when the jobs are done, run this command again: it checks that every run finished (logs in {options.runs_dir / 'logs'})")
         return
     start = time.time()
     outcomes = launch_local(todo, options.runs_dir, options.workers, options.threads)
