@@ -12,9 +12,12 @@ and discounts only at k = K-1, and l_k replaces log pi. REPPO then runs on it un
 per sample (no back-propagation through the chain). A rollout of T env steps is T*K DA transitions:
 
     critic target  soft TD(lambda) over DA steps with gamma_k = lambda_k = 1 inside the chain (method.md section 3):
-                   G_{K-1,t} = r_t + gamma (1 - terminated_t) [ -alpha l'_0 + lambda G_{0,t+1} + (1 - lambda) Q(s'_t, x'_1, 0) ]
+                   G_{K-1,t} = r_t + gamma (1 - terminated_t) [ alpha (H_p - l'_0) + lambda G_{0,t+1} + (1 - lambda) Q(s'_t, x'_1, 0) ]
                    G_{k,t}   = G_{K-1,t} - alpha sum_{j>k} l_{j,t}       (x'_0 ~ prior, x'_1 ~ q(.|s'_t, x'_0, 0) afresh;
                    G_{0,t+1} := Q(s'_t, x'_1, 0) where the episode was truncated or the rollout ends)
+                   H_p = A/2 log(2 pi e sigma_p^2), the prior's entropy: E[log pi] <= -H_p + E[sum_k l_k], so the chain's
+                   entropy bonus per env step is alpha (H_p - sum_k l_k), not the relative -alpha sum_k l_k (method.md leaves
+                   out this constant, which matters only where episodes terminate; --no-prior-entropy-bonus drops it)
     critic loss    cross-entropy of the categorical critic Q(s, x_{k+1}, k) to HL-Gauss(G), as in REPPO
     actor loss     per sample:  alpha l_k(theta) - Q(s, x_{k+1}(theta), k),  x_{k+1} ~ q reparameterised,  while KL_i <= kl_bound
                                 stopgrad(beta) KL_i,   otherwise
@@ -120,6 +123,8 @@ class Args:
     """upper bound of the learned step sizes eta_k (kernel std at most sqrt(2 eta_max))"""
     tanh_correction: bool = True
     """if toggled, l_{K-1} includes tanh's log-det, so the entropy estimate is of the squashed action, as in SAC"""
+    prior_entropy_bonus: bool = True
+    """if toggled, each env step's soft reward includes alpha * H_p, the prior's entropy, so the bonus is alpha * H(pi), not relative"""
 
 
 def to_env(squashed_action, space):
@@ -334,13 +339,13 @@ def gaussian_kl(mean_old, std_old, mean, std):
     return (torch.log(std / std_old) + (std_old**2 + (mean_old - mean) ** 2) / (2 * std**2) - 0.5).sum(-1)
 
 
-def td_lambda_targets(rewards, next_q, next_log_ratio, log_ratios, terminated, truncated, alpha, gamma, td_lambda):
+def td_lambda_targets(rewards, next_q, next_log_ratio, log_ratios, terminated, truncated, alpha, gamma, td_lambda, prior_entropy):
     """Soft TD(lambda) targets G (T, N, K) of the DA transitions of one rollout, from (T, N) arrays and the chains' l (T, N, K).
 
     TD(lambda) over DA steps with gamma_k = lambda_k = 1 inside the chain, written per env step, backwards in time:
-    G_{K-1,t} = r_t + gamma (1 - terminated_t) [ -alpha l'_0 + lambda G_{0,t+1} + (1 - lambda) Q(s'_t, x'_1, 0) ]
+    G_{K-1,t} = r_t + gamma (1 - terminated_t) [ alpha (H_p - l'_0) + lambda G_{0,t+1} + (1 - lambda) Q(s'_t, x'_1, 0) ]
     G_{k,t}   = G_{K-1,t} - alpha sum_{j>k} l_{j,t}   (in-chain soft rewards -alpha l_{k+1}, no discount, no bootstrap)
-    with G_{0,t+1} replaced by Q(s'_t, x'_1, 0) where the episode was truncated at t or the rollout ends.
+    with G_{0,t+1} replaced by Q(s'_t, x'_1, 0) where the episode was truncated at t or the rollout ends; H_p = prior_entropy.
     """
     chain_entropy = alpha * (log_ratios.flip(-1).cumsum(-1).flip(-1) - log_ratios)  # alpha sum_{j>k} l_j, (T, N, K)
     env_targets = torch.zeros_like(rewards)
@@ -349,7 +354,7 @@ def td_lambda_targets(rewards, next_q, next_log_ratio, log_ratios, terminated, t
         if t + 1 < len(rewards):
             next_target = env_targets[t + 1] - chain_entropy[t + 1, :, 0]  # G_{0,t+1}
             continuation = torch.where(truncated[t], next_q[t], td_lambda * next_target + (1 - td_lambda) * next_q[t])
-        env_targets[t] = rewards[t] + gamma * (1 - terminated[t]) * (continuation - alpha * next_log_ratio[t])
+        env_targets[t] = rewards[t] + gamma * (1 - terminated[t]) * (continuation + alpha * (prior_entropy - next_log_ratio[t]))
     return env_targets[..., None] - chain_entropy
 
 
@@ -468,6 +473,7 @@ if __name__ == "__main__":
     log_beta = torch.tensor(np.log(args.beta_init), dtype=torch.float32, device=device, requires_grad=True)
     dual_optimizer = torch.optim.Adam([log_alpha, log_beta], lr=args.dual_learning_rate)
     target_entropy = -args.target_entropy_scale * action_dim
+    prior_entropy = 0.5 * action_dim * np.log(2 * np.pi * np.e * args.prior_std**2) if args.prior_entropy_bonus else 0.0
     return_normalizer = ReturnNormalizer(args.num_envs, args.gamma)
 
     obs, _ = envs.reset(seed=args.seed)
@@ -519,10 +525,10 @@ if __name__ == "__main__":
             next_x, next_log_ratio = actor.step(next_obs_norm, prior_sample, first_step)
             next_q = qf(next_obs_norm, next_x, first_step)
             rewards = rollout["rewards"].float() / return_normalizer.scale()
-            terminated = rollout["terminated"].float()
+            terminated, truncated = rollout["terminated"].float(), rollout["truncated"]
             log_ratios = log_ratios.view(*rewards.shape, diffusion_steps)
             targets = td_lambda_targets(
-                rewards, next_q, next_log_ratio, log_ratios, terminated, rollout["truncated"], alpha, args.gamma, args.td_lambda
+                rewards, next_q, next_log_ratio, log_ratios, terminated, truncated, alpha, args.gamma, args.td_lambda, prior_entropy
             )
         data["targets"] = targets.flatten()
 

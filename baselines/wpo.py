@@ -1,0 +1,539 @@
+"""WPO: Wasserstein Policy Optimization (arXiv 2505.00663) in REPPO's on-policy trainer, tanh-Gaussian policy.
+
+The Gaussian twin of diffwpo.py. The trainer is REPPO's (arXiv 2507.11019): on-policy like PPO (parallel
+envs, short rollouts, a few epochs of minibatch updates, then the data is thrown away), with a soft Q
+function learned from those rollouts alone; the actor update is WPO's, which needs only action-gradients:
+
+    x ~ N(mu(s), sigma(s)^2),   a = low + (tanh(x) + 1) / 2 * (high - low),   log pi(a|s) with tanh's log-det
+    critic target  soft TD(lambda), per rollout, a' ~ pi(.|s') sampled afresh at every next state:
+                   G_t = r_t + gamma (1 - terminated_t) [ -alpha log pi(a'|s'_t) + lambda G_{t+1} + (1 - lambda) Q(s'_t, a') ]
+                   (G_{t+1} := Q(s'_t, a') where the episode was truncated or the rollout ends)
+    critic loss    cross-entropy of the categorical critic's logits to HL-Gauss(G) (a Gaussian of std 0.75 bins
+                   integrated over the bins); Q(s, a) = sum softmax(logits) * bin centres
+    actor loss     per sample:  sum_d stopgrad(alpha g_l - g_Q)_d g_l(theta)_d,   while KL_i <= kl_bound
+                                stopgrad(beta) KL_i,                              otherwise
+                   with x ~ pi sampled and its gradient stopped, g_Q = grad_x Q(s, tanh(x)) and
+                   g_l(theta) = grad_x log pi(tanh(x)|s) at x: the theta-gradient E[J_theta(g_l)^T (alpha g_l - g_Q)]
+                   is WPO's update, the Wasserstein gradient flow of E[Q] + alpha H projected onto the policy's parameters
+                   KL_i = KL(pi_old(.|s_i) || pi(.|s_i)), closed form for the two diagonal Gaussians
+    temperature    loss alpha * stopgrad(H_hat - H_target),  H_hat = -mean(log pi),  H_target = -c A
+    KL multiplier  loss -beta * stopgrad(mean KL - kl_bound): beta grows while the mean KL is over the bound
+
+Observations are normalised by running statistics (inside the policy, saved with it); rewards are divided
+by the running std of the discounted return, so the critic's value range [-value_bound, value_bound] is in
+units of the task's own return scale. `diff baselines/reppo.py baselines/wpo.py` shows exactly the WPO actor
+update; `diff baselines/wpo.py diffwpo.py` what the diffusion chain changes.
+
+Run:  python baselines/wpo.py --env-id Hopper-v5 --total-timesteps 1000000
+"""
+
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (part of the run directory's name)"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda is used when available"""
+    track: bool = False
+    """if toggled, the run is also logged to Weights and Biases"""
+    wandb_project_name: str = "diffusion-maxent-rl"
+    """the W&B project name"""
+    wandb_entity: str | None = None
+    """the W&B entity (team)"""
+    capture_video: bool = False
+    """if toggled, the final evaluation episodes are recorded to `runs/{run_name}/videos`"""
+    save_model: bool = False
+    """if toggled, the trained model is saved to `runs/{run_name}/model.pt`"""
+    evaluate_checkpoint: str | None = None
+    """path of a saved model.pt: evaluate it for `--eval-episodes` episodes instead of training"""
+
+    env_id: str = "Hopper-v5"
+    """the id of the gymnasium environment (continuous actions)"""
+    total_timesteps: int = 1_000_000
+    """total env steps of the experiment"""
+    num_envs: int = 16
+    """the number of parallel environments"""
+    eval_frequency: int = 20_000
+    """evaluate the policy every this many env steps"""
+    eval_episodes: int = 5
+    """the number of episodes of each evaluation"""
+    eval_deterministic: bool = False
+    """if toggled, evaluate the mean action tanh(mu(s)) instead of sampling the policy"""
+    num_steps: int = 64
+    """env steps per env in each rollout"""
+    num_minibatches: int = 8
+    """the number of minibatches each epoch splits the rollout into"""
+    update_epochs: int = 4
+    """passes over each rollout"""
+    gamma: float = 0.99
+    """the discount factor"""
+    td_lambda: float = 0.95
+    """lambda of the TD(lambda) critic targets"""
+    learning_rate: float = 3e-4
+    """the learning rate of the actor and the critic"""
+    dual_learning_rate: float = 3e-4
+    """the learning rate of the temperature alpha and the KL multiplier beta"""
+    max_grad_norm: float = 0.5
+    """the maximum norm of the actor's and the critic's gradients"""
+    hidden_dim: int = 256
+    """width of the hidden layers of every network"""
+    num_bins: int = 151
+    """the number of bins of the categorical (HL-Gauss) critic"""
+    value_bound: float = 10.0
+    """the critic's bins span [-value_bound, value_bound], in units of the running std of the discounted return"""
+    alpha_init: float = 0.01
+    """initial entropy temperature alpha"""
+    autotune: bool = True
+    """if toggled, alpha is tuned towards the entropy target"""
+    target_entropy_scale: float = 0.5
+    """c in the entropy target H_target = -c * action_dim"""
+    kl_bound: float = 0.1
+    """per-sample trust region: KL(pi_old || pi) above it switches the sample's loss to beta * KL"""
+    beta_init: float = 0.3
+    """initial KL Lagrange multiplier beta"""
+
+
+def to_env(squashed_action, space):
+    """Maps tanh(x) in [-1, 1] to the env's bounds: a = low + (tanh(x) + 1) / 2 * (high - low)."""
+    return space.low + (squashed_action + 1) / 2 * (space.high - space.low)
+
+
+def make_env(env_id, seed):
+    def thunk():
+        env = gym.make(env_id)
+        env = gym.wrappers.RecordEpisodeStatistics(env)
+        env.action_space.seed(seed)
+        return env
+
+    return thunk
+
+
+def check_args(args):
+    """Exit with one clear line on input that cannot train."""
+    try:
+        probe = gym.make(args.env_id)
+    except Exception as error:
+        first_line = (str(error).splitlines() or [type(error).__name__])[0]
+        raise SystemExit(f"error: cannot make --env-id {args.env_id!r}: {first_line}") from None
+    if not isinstance(probe.action_space, gym.spaces.Box):
+        raise SystemExit(
+            f"error: --env-id {args.env_id!r} has action space {probe.action_space}; only continuous (Box) actions are supported"
+        )
+    probe.close()
+    if args.evaluate_checkpoint is not None:
+        return
+    if min(args.num_envs, args.num_steps, args.num_minibatches, args.update_epochs) < 1:
+        raise SystemExit("error: --num-envs, --num-steps, --num-minibatches and --update-epochs must be at least 1")
+    if args.kl_bound <= 0 or args.value_bound <= 0 or args.num_bins < 2:
+        raise SystemExit("error: --kl-bound and --value-bound must be positive and --num-bins at least 2")
+    if args.total_timesteps < args.num_envs * args.num_steps:
+        raise SystemExit(
+            f"error: --total-timesteps {args.total_timesteps} must be at least --num-envs * --num-steps = "
+            f"{args.num_envs * args.num_steps}, or no gradient update would run"
+        )
+
+
+def real_next_obs(next_obs, infos):
+    """True next observations of a vector env step with SAME_STEP autoreset.
+
+    A finished env already returns its reset observation; the episode's last one is in infos["final_obs"].
+    """
+    real = next_obs.copy()
+    for i in np.flatnonzero(infos.get("_final_obs", [])):
+        real[i] = infos["final_obs"][i]
+    return real
+
+
+def check_finite(name, value, step):
+    """Stop training on a NaN or infinite loss (never keep training on it)."""
+    if not torch.isfinite(value):
+        raise SystemExit(f"error: {name} became {value.item()} at env step {step}; stopping")
+
+
+def mlp(in_dim, out_dim, hidden_dim, layer_norm=False):
+    """Two hidden ReLU layers; critics add LayerNorm for stability."""
+    norm = (lambda: nn.LayerNorm(hidden_dim)) if layer_norm else nn.Identity
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        norm(),
+        nn.ReLU(),
+        nn.Linear(hidden_dim, hidden_dim),
+        norm(),
+        nn.ReLU(),
+        nn.Linear(hidden_dim, out_dim),
+    )
+
+
+class ObservationNormalizer(nn.Module):
+    """(obs - mean) / std with running statistics, clipped to [-10, 10]; buffers, so they are saved with the policy."""
+
+    def __init__(self, obs_dim):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(obs_dim))
+        self.register_buffer("var", torch.ones(obs_dim))
+        self.register_buffer("count", torch.tensor(1e-4))
+
+    def update(self, obs):
+        """Merges a batch of raw observations into the running mean and variance (Chan et al.'s parallel formula)."""
+        batch_mean, batch_var, batch_count = obs.mean(0), obs.var(0, unbiased=False), obs.shape[0]
+        total = self.count + batch_count
+        delta = batch_mean - self.mean
+        self.var.copy_((self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total) / total)
+        self.mean.add_(delta * batch_count / total)
+        self.count.copy_(total)
+
+    def forward(self, obs):
+        return ((obs - self.mean) / torch.sqrt(self.var + 1e-8)).clamp(-10, 10)
+
+
+class ReturnNormalizer:
+    """Rewards divided by the running std of the discounted return sum_t gamma^t r_t (PPO's reward scaling)."""
+
+    def __init__(self, num_envs, gamma):
+        self.gamma, self.returns = gamma, np.zeros(num_envs)
+        self.mean, self.var, self.count = 0.0, 1.0, 1e-4
+
+    def update(self, rewards, dones):
+        self.returns = self.returns * self.gamma + rewards
+        batch_mean, batch_var, batch_count = self.returns.mean(), self.returns.var(), len(rewards)
+        total = self.count + batch_count
+        delta = batch_mean - self.mean
+        self.var = (self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total) / total
+        self.mean, self.count = self.mean + delta * batch_count / total, total
+        self.returns[dones] = 0.0
+
+    def scale(self):
+        return float(np.sqrt(self.var + 1e-8))
+
+
+def hl_gauss(values, edges):
+    """HL-Gauss target distributions (B, bins): N(value, sigma^2) integrated over each bin, sigma = 0.75 bin widths.
+
+    Values outside the support are clipped to its ends; the mass beyond the two outer edges is renormalised away.
+    """
+    sigma = 0.75 * (edges[1] - edges[0])
+    values = values.clamp(edges[0], edges[-1])
+    cdf = torch.special.ndtr((edges - values[:, None]) / sigma)
+    return (cdf[:, 1:] - cdf[:, :-1]) / (cdf[:, -1:] - cdf[:, :1])
+
+
+class SoftQNetwork(nn.Module):
+    """Categorical Q(s, a) on the squashed action a in [-1, 1]^A: logits over value bins, Q = E[bin centre]."""
+
+    def __init__(self, obs_dim, action_dim, hidden_dim, num_bins, value_bound):
+        super().__init__()
+        self.net = mlp(obs_dim + action_dim, num_bins, hidden_dim, layer_norm=True)
+        self.register_buffer("edges", torch.linspace(-value_bound, value_bound, num_bins + 1))
+
+    def logits(self, obs, action):
+        return self.net(torch.cat([obs, action], -1))
+
+    def forward(self, obs, action):
+        centres = (self.edges[1:] + self.edges[:-1]) / 2
+        return torch.softmax(self.logits(obs, action), -1) @ centres
+
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+class Actor(nn.Module):
+    """tanh-Gaussian policy: x ~ N(mu(s), sigma(s)^2), squashed action tanh(x) in [-1, 1]^A."""
+
+    def __init__(self, obs_dim, action_dim, hidden_dim):
+        super().__init__()
+        self.obs_norm = ObservationNormalizer(obs_dim)
+        self.net = mlp(obs_dim, 2 * action_dim, hidden_dim)
+
+    def dist(self, obs):
+        """Mean and std of the pre-tanh Gaussian at normalised observations."""
+        mean, log_std = self.net(obs).chunk(2, -1)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
+        return mean, log_std.exp()
+
+    def log_prob(self, x, mean, std):
+        """log pi(tanh(x)|s) = log N(x; mean, std) - sum_d log(1 - tanh(x_d)^2)."""
+        # log(1 - tanh(x)^2) = 2 * (log 2 - x - softplus(-2x)), the numerically stable form
+        log_det = 2 * (np.log(2.0) - x - F.softplus(-2 * x))
+        return (torch.distributions.Normal(mean, std).log_prob(x) - log_det).sum(-1)
+
+    def sample(self, obs, deterministic=False):
+        """Raw observations in, the squashed action tanh(x) and the pre-tanh sample x out."""
+        mean, std = self.dist(self.obs_norm(obs))
+        x = mean if deterministic else mean + std * torch.randn_like(mean)
+        return torch.tanh(x), x
+
+
+def gaussian_kl(mean_old, std_old, mean, std):
+    """KL(N(mean_old, std_old^2) || N(mean, std^2)) of diagonal Gaussians, summed over the last dim."""
+    return (torch.log(std / std_old) + (std_old**2 + (mean_old - mean) ** 2) / (2 * std**2) - 0.5).sum(-1)
+
+
+def td_lambda_targets(rewards, next_q, next_log_pi, terminated, truncated, alpha, gamma, td_lambda):
+    """Soft TD(lambda) targets G (T, N) of one rollout, from (T, N) arrays, backwards in time:
+
+    G_t = r_t + gamma (1 - terminated_t) [ -alpha log pi(a'|s'_t) + lambda G_{t+1} + (1 - lambda) Q(s'_t, a') ]
+    with G_{t+1} replaced by Q(s'_t, a') where the episode was truncated at t or the rollout ends.
+    """
+    targets = torch.zeros_like(rewards)
+    for t in reversed(range(len(rewards))):
+        continuation = next_q[t]
+        if t + 1 < len(rewards):
+            continuation = torch.where(truncated[t], next_q[t], td_lambda * targets[t + 1] + (1 - td_lambda) * next_q[t])
+        targets[t] = rewards[t] + gamma * (1 - terminated[t]) * (continuation - alpha * next_log_pi[t])
+    return targets
+
+
+def critic_loss(batch, qf):
+    """Cross-entropy of the critic's logits to the HL-Gauss distributions of the targets; also returns Q."""
+    logits = qf.logits(batch["obs"], torch.tanh(batch["x"]))
+    target_probs = hl_gauss(batch["targets"], qf.edges)
+    with torch.no_grad():
+        q_values = torch.softmax(logits, -1) @ ((qf.edges[1:] + qf.edges[:-1]) / 2)
+    return -(target_probs * F.log_softmax(logits, -1)).sum(-1).mean(), q_values
+
+
+def actor_loss(batch, actor, qf, alpha, beta, kl_bound):
+    """Per sample the WPO loss sum_d stopgrad(alpha g_l - g_Q)_d g_l(theta)_d inside the trust region, beta KL outside.
+
+    The pre-tanh sample x is not reparameterised; g_l = grad_x log pi(tanh(x)|s; theta) and g_Q = grad_x Q(s, tanh(x)).
+    Returns the mean loss, log pi and the per-sample KL.
+    """
+    obs = batch["obs"]
+    mean, std = actor.dist(obs)
+    x = (mean + std * torch.randn_like(mean)).detach().requires_grad_()
+    log_pi = actor.log_prob(x, mean, std)
+    grad_l = torch.autograd.grad(log_pi.sum(), x, create_graph=True)[0]  # a function of theta
+    grad_q = torch.autograd.grad(qf(obs, torch.tanh(x)).sum(), x)[0]
+    kl = gaussian_kl(batch["mean"], batch["std"], mean, std)
+    loss = torch.where(kl <= kl_bound, ((alpha * grad_l - grad_q).detach() * grad_l).sum(-1), beta * kl)
+    return loss.mean(), log_pi, kl
+
+
+def dual_losses(log_alpha, log_beta, entropy, target_entropy, kl, kl_bound):
+    """alpha * stopgrad(H_hat - H_target) and -beta * stopgrad(mean KL - kl_bound).
+
+    Gradient descent raises each multiplier while its constraint is violated (entropy below target, KL above bound).
+    """
+    return log_alpha.exp() * (entropy.detach() - target_entropy), -log_beta.exp() * (kl.detach().mean() - kl_bound)
+
+
+def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=None):
+    """Undiscounted returns of `episodes` episodes on a fresh env, seeded seed, seed+1, ..."""
+    env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
+    if video_dir:
+        env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda _: True, disable_logger=True)
+    returns = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        done, episode_return = False, 0.0
+        while not done:
+            with torch.no_grad():
+                action, _ = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)
+            obs, reward, terminated, truncated, _ = env.step(to_env(action[0].cpu().numpy(), env.action_space))
+            episode_return += float(reward)
+            done = terminated or truncated
+        returns.append(episode_return)
+    env.close()
+    return np.array(returns)
+
+
+def load_actor(path, device):
+    """Rebuilds the actor (observation normaliser included) of a checkpoint written by --save-model; returns it and the run's Args."""
+    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    saved = Args(**checkpoint["args"])
+    env = gym.make(saved.env_id)
+    actor = Actor(env.observation_space.shape[0], env.action_space.shape[0], saved.hidden_dim)
+    actor.load_state_dict(checkpoint["actor"])
+    return actor.to(device), saved
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    check_args(args)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+
+    if args.evaluate_checkpoint is not None:
+        actor, saved = load_actor(args.evaluate_checkpoint, device)
+        returns = evaluate(actor, saved.env_id, args.eval_episodes, args.seed, args.eval_deterministic, device)
+        print(f"{saved.env_id}: eval returns {np.round(returns, 2).tolist()} mean {returns.mean():.2f}")
+        raise SystemExit(0)
+
+    run_name = f"{args.env_id.replace(':', '_').replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join("runs", run_name)
+    writer = SummaryWriter(run_dir)
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=asdict(args), name=run_name)
+    with open(os.path.join(run_dir, "args.json"), "w") as f:
+        json.dump(asdict(args), f, indent=2)
+    metrics_file = open(os.path.join(run_dir, "metrics.jsonl"), "a")
+    start_time = time.time()
+
+    def log_scalars(step, scalars):
+        """Writes scalars to TensorBoard and, one JSON line per call, to metrics.jsonl."""
+        for tag, value in scalars.items():
+            writer.add_scalar(tag, value, step)
+        metrics_file.write(json.dumps({"step": step, "time": round(time.time() - start_time, 2), **scalars}) + "\n")
+        metrics_file.flush()
+
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, args.seed + i) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
+
+    actor = Actor(obs_dim, action_dim, args.hidden_dim).to(device)
+    qf = SoftQNetwork(obs_dim, action_dim, args.hidden_dim, args.num_bins, args.value_bound).to(device)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate)
+    q_optimizer = torch.optim.Adam(qf.parameters(), lr=args.learning_rate)
+    log_alpha = torch.tensor(np.log(args.alpha_init), dtype=torch.float32, device=device, requires_grad=True)
+    log_beta = torch.tensor(np.log(args.beta_init), dtype=torch.float32, device=device, requires_grad=True)
+    dual_optimizer = torch.optim.Adam([log_alpha, log_beta], lr=args.dual_learning_rate)
+    target_entropy = -args.target_entropy_scale * action_dim
+    return_normalizer = ReturnNormalizer(args.num_envs, args.gamma)
+
+    obs, _ = envs.reset(seed=args.seed)
+    global_step, recent_returns, next_eval = 0, [], args.eval_frequency
+    last_print, last_print_step = start_time, 0
+    remaining_vector_steps = args.total_timesteps // args.num_envs
+    while remaining_vector_steps > 0:
+        # --- rollout: num_steps steps of every env with the current policy, no gradient ---
+        rollout_steps = min(args.num_steps, remaining_vector_steps)
+        remaining_vector_steps -= rollout_steps
+        keys = ("obs", "x", "mean", "std", "rewards", "terminated", "truncated", "next_obs")
+        rollout = {key: [] for key in keys}
+        for _ in range(rollout_steps):
+            global_step += args.num_envs
+            obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=device)
+            with torch.no_grad():
+                actor.obs_norm.update(obs_tensor)
+                norm_obs = actor.obs_norm(obs_tensor)
+                mean, std = actor.dist(norm_obs)
+                x = mean + std * torch.randn_like(mean)
+            next_obs, rewards, terminations, truncations, infos = envs.step(to_env(torch.tanh(x).cpu().numpy(), envs.single_action_space))
+            for i in np.flatnonzero(infos.get("_final_info", [])):
+                episode = infos["final_info"]["episode"]
+                recent_returns = (recent_returns + [float(episode["r"][i])])[-10:]
+                log_scalars(global_step, {"charts/episodic_return": float(episode["r"][i]), "charts/episodic_length": int(episode["l"][i])})
+            return_normalizer.update(rewards, terminations | truncations)
+            step_data = (norm_obs, x, mean, std, rewards, terminations, truncations & ~terminations, real_next_obs(next_obs, infos))
+            for key, value in zip(keys, step_data, strict=True):
+                rollout[key].append(torch.as_tensor(value, device=device))
+            obs = next_obs
+        rollout = {key: torch.stack(values) for key, values in rollout.items()}  # (T, N, ...)
+
+        # --- soft TD(lambda) targets, with a fresh a' ~ pi(.|s') at every next state ---
+        alpha, beta = log_alpha.exp().item(), log_beta.exp().item()
+        with torch.no_grad():
+            next_obs_norm = actor.obs_norm(rollout["next_obs"].float())
+            next_mean, next_std = actor.dist(next_obs_norm)
+            next_x = next_mean + next_std * torch.randn_like(next_mean)
+            next_log_pi = actor.log_prob(next_x, next_mean, next_std)
+            next_q = qf(next_obs_norm, torch.tanh(next_x))
+            rewards = rollout["rewards"].float() / return_normalizer.scale()
+            terminated = rollout["terminated"].float()
+            targets = td_lambda_targets(rewards, next_q, next_log_pi, terminated, rollout["truncated"], alpha, args.gamma, args.td_lambda)
+        data = {key: rollout[key].flatten(0, 1) for key in ("obs", "x", "mean", "std")}
+        data["targets"] = targets.flatten(0, 1)
+
+        # --- update_epochs passes of minibatch updates: critic, then actor, then the two multipliers ---
+        for _ in range(args.update_epochs):
+            for indices in torch.randperm(len(data["targets"]), device=device).chunk(args.num_minibatches):
+                batch = {key: value[indices] for key, value in data.items()}
+                qf_loss, q_values = critic_loss(batch, qf)
+                check_finite("qf_loss", qf_loss, global_step)
+                q_optimizer.zero_grad()
+                qf_loss.backward()
+                nn.utils.clip_grad_norm_(qf.parameters(), args.max_grad_norm)
+                q_optimizer.step()
+
+                alpha, beta = log_alpha.exp().item(), log_beta.exp().item()
+                policy_loss, log_pi, kl = actor_loss(batch, actor, qf, alpha, beta, args.kl_bound)
+                check_finite("actor_loss", policy_loss, global_step)
+                actor_optimizer.zero_grad()
+                policy_loss.backward()
+                nn.utils.clip_grad_norm_(actor.parameters(), args.max_grad_norm)
+                actor_optimizer.step()
+
+                entropy = -log_pi.detach().mean()
+                alpha_loss, beta_loss = dual_losses(log_alpha, log_beta, entropy, target_entropy, kl, args.kl_bound)
+                dual_optimizer.zero_grad()
+                (alpha_loss * args.autotune + beta_loss).backward()
+                dual_optimizer.step()
+
+        log_scalars(
+            global_step,
+            {
+                "losses/qf_loss": qf_loss.item(),
+                "losses/qf_values": q_values.mean().item(),
+                "losses/actor_loss": policy_loss.item(),
+                "losses/kl": kl.mean().item(),
+                "losses/kl_clip_fraction": (kl > args.kl_bound).float().mean().item(),
+                "losses/beta": log_beta.exp().item(),
+                "losses/target_mean": targets.mean().item(),
+                "losses/target_outside_fraction": (targets.abs() > args.value_bound).float().mean().item(),
+                "losses/reward_scale": return_normalizer.scale(),
+                "policy/alpha": log_alpha.exp().item(),
+                "policy/entropy": entropy.item(),
+                "policy/saturated_fraction": (data["x"].tanh().abs() > 0.99).float().mean().item(),
+                "charts/SPS": int(global_step / (time.time() - start_time)),
+            },
+        )
+
+        final = remaining_vector_steps == 0
+        if global_step >= next_eval or final:
+            next_eval += args.eval_frequency
+            video_dir = os.path.join(run_dir, "videos") if final and args.capture_video else None
+            returns = evaluate(actor, args.env_id, args.eval_episodes, args.seed + 10_000, args.eval_deterministic, device, video_dir)
+            log_scalars(global_step, {"eval/episodic_return": float(returns.mean())})
+
+        if time.time() - last_print > 5 or final:
+            sps = (global_step - last_print_step) / (time.time() - last_print)  # recent speed, for the time left
+            last_print, last_print_step = time.time(), global_step
+            recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
+            time_left = (args.total_timesteps - global_step) / max(sps, 1e-9)
+            print(
+                f"step {global_step}/{args.total_timesteps} | return {recent} | SPS {sps:.0f} | time left {time_left / 60:.1f} min",
+                flush=True,
+            )
+
+    if args.save_model:
+        model_path = os.path.join(run_dir, "model.pt")
+        torch.save(
+            {
+                "args": asdict(args),
+                "actor": actor.state_dict(),  # includes the observation normaliser's statistics
+                "qf": qf.state_dict(),
+                "log_alpha": log_alpha.detach(),
+                "log_beta": log_beta.detach(),
+                "return_normalizer": {"mean": return_normalizer.mean, "var": return_normalizer.var, "count": return_normalizer.count},
+            },
+            model_path,
+        )
+        print(f"model saved to {model_path}")
+    envs.close()
+    writer.close()
+    metrics_file.close()

@@ -1,0 +1,620 @@
+"""DiffWPO: Wasserstein Policy Optimization (arXiv 2505.00663) on the Diffusion-Augmented MDP (arXiv 2512.02019).
+
+The policy is a K-step denoising chain in pre-tanh space R^A (../shared/method.md, sections 2-4):
+
+    x_0 ~ N(0, sigma_p^2 I),  q(x_{k+1} | x_k, s, k) = N(x_k + eta_k (-x_k / sigma_p^2 + u(s, x_k, k)), 2 eta_k)
+    a = low + (tanh(x_K) + 1) / 2 * (high - low),   step sizes eta_k in (0, eta_max) learned
+    l_k = log q(x_{k+1}|x_k,s,k) - log p(x_k|x_{k+1}),  p(x_k|x_{k+1}) = N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k)
+    l_{K-1} -= sum_d log(1 - tanh(x_K,d)^2)    (tanh correction, as in SAC; --no-tanh-correction drops it)
+
+Every denoising step is a step of the DA-MDP with state (s, x_k, k) and action x_{k+1}; the env moves, pays
+and discounts only at k = K-1, and l_k replaces log pi. DA-MDP REPPO's on-policy trainer then runs on it with
+WPO's actor update, one kernel step per sample (no back-propagation through the chain). A rollout of T env steps
+is T*K DA transitions:
+
+    critic target  soft TD(lambda) over DA steps with gamma_k = lambda_k = 1 inside the chain (method.md section 3):
+                   G_{K-1,t} = r_t + gamma (1 - terminated_t) [ alpha (H_p - l'_0) + lambda G_{0,t+1} + (1 - lambda) Q(s'_t, x'_1, 0) ]
+                   G_{k,t}   = G_{K-1,t} - alpha sum_{j>k} l_{j,t}       (x'_0 ~ prior, x'_1 ~ q(.|s'_t, x'_0, 0) afresh;
+                   G_{0,t+1} := Q(s'_t, x'_1, 0) where the episode was truncated or the rollout ends)
+                   H_p = A/2 log(2 pi e sigma_p^2), the prior's entropy: E[log pi] <= -H_p + E[sum_k l_k], so the chain's
+                   entropy bonus per env step is alpha (H_p - sum_k l_k), not the relative -alpha sum_k l_k (method.md leaves
+                   out this constant, which matters only where episodes terminate; --no-prior-entropy-bonus drops it)
+    critic loss    cross-entropy of the categorical critic Q(s, x_{k+1}, k) to HL-Gauss(G), as in REPPO
+    actor loss     per sample:  sum_d stopgrad(alpha g_l - g_Q)_d g_l(theta)_d,  while KL_i <= kl_bound
+                                stopgrad(beta) KL_i,   otherwise
+                   with x_{k+1} ~ q sampled and its gradient stopped, g_Q = grad_x Q(s, x_{k+1}, k) and
+                   g_l(theta) = grad_x l_k(theta) at x_{k+1}: the theta-gradient E[J_theta(g_l)^T (alpha g_l - g_Q)]
+                   is WPO's update, the Wasserstein gradient flow of E[Q] + alpha H projected onto the kernel's parameters
+                   KL_i = K * KL(q_old(.|s,x_k,k) || q(.|s,x_k,k)), closed form for the two diagonal Gaussians
+    temperature    loss alpha * stopgrad(H_hat - H_target),  H_hat = -K mean(l_k),  H_target = -c A
+    KL multiplier  loss -beta * stopgrad(mean KL - kl_bound)
+
+Observations are normalised by running statistics (inside the policy, saved with it); rewards are divided
+by the running std of the discounted return, so the critic's value range [-value_bound, value_bound] is in
+units of the task's own return scale. `diff da_mdp_reppo.py diffwpo.py` shows exactly the WPO actor update;
+`diff baselines/wpo.py diffwpo.py` what the diffusion chain changes.
+
+Run:  python diffwpo.py --env-id Hopper-v5 --total-timesteps 1000000
+"""
+
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (part of the run directory's name)"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda is used when available"""
+    track: bool = False
+    """if toggled, the run is also logged to Weights and Biases"""
+    wandb_project_name: str = "diffusion-maxent-rl"
+    """the W&B project name"""
+    wandb_entity: str | None = None
+    """the W&B entity (team)"""
+    capture_video: bool = False
+    """if toggled, the final evaluation episodes are recorded to `runs/{run_name}/videos`"""
+    save_model: bool = False
+    """if toggled, the trained model is saved to `runs/{run_name}/model.pt`"""
+    evaluate_checkpoint: str | None = None
+    """path of a saved model.pt: evaluate it for `--eval-episodes` episodes instead of training"""
+
+    env_id: str = "Hopper-v5"
+    """the id of the gymnasium environment (continuous actions)"""
+    total_timesteps: int = 1_000_000
+    """total env steps of the experiment"""
+    num_envs: int = 16
+    """the number of parallel environments"""
+    eval_frequency: int = 20_000
+    """evaluate the policy every this many env steps"""
+    eval_episodes: int = 5
+    """the number of episodes of each evaluation"""
+    eval_deterministic: bool = False
+    """if toggled, evaluate the noise-free chain (x_0 = 0, every step takes the kernel mean)"""
+    num_steps: int = 64
+    """env steps per env in each rollout"""
+    num_minibatches: int = 8
+    """the number of minibatches each epoch splits the rollout into"""
+    update_epochs: int = 4
+    """passes over each rollout"""
+    gamma: float = 0.99
+    """the discount factor"""
+    td_lambda: float = 0.95
+    """lambda of the TD(lambda) critic targets"""
+    learning_rate: float = 3e-4
+    """the learning rate of the actor and the critic"""
+    dual_learning_rate: float = 3e-4
+    """the learning rate of the temperature alpha and the KL multiplier beta"""
+    max_grad_norm: float = 0.5
+    """the maximum norm of the actor's and the critic's gradients"""
+    hidden_dim: int = 256
+    """width of the hidden layers of every network"""
+    num_bins: int = 151
+    """the number of bins of the categorical (HL-Gauss) critic"""
+    value_bound: float = 10.0
+    """the critic's bins span [-value_bound, value_bound], in units of the running std of the discounted return"""
+    alpha_init: float = 0.01
+    """initial entropy temperature alpha"""
+    autotune: bool = True
+    """if toggled, alpha is tuned towards the entropy target"""
+    target_entropy_scale: float = 5.0
+    """c in the entropy target H_target = -c * action_dim of the chain's entropy estimate -K mean(l_k)"""
+    kl_bound: float = 0.1
+    """per-sample trust region: K * KL(q_old || q) above it switches the sample's loss to beta * KL"""
+    beta_init: float = 0.3
+    """initial KL Lagrange multiplier beta"""
+    diffusion_steps: int = 8
+    """K, the number of denoising steps of the chain"""
+    prior_std: float = 3.0
+    """sigma_p, the std of the prior x_0 ~ N(0, sigma_p^2 I)"""
+    eta_max: float = 1.0
+    """upper bound of the learned step sizes eta_k (kernel std at most sqrt(2 eta_max))"""
+    tanh_correction: bool = True
+    """if toggled, l_{K-1} includes tanh's log-det, so the entropy estimate is of the squashed action, as in SAC"""
+    prior_entropy_bonus: bool = True
+    """if toggled, each env step's soft reward includes alpha * H_p, the prior's entropy, so the bonus is alpha * H(pi), not relative"""
+
+
+def to_env(squashed_action, space):
+    """Maps tanh(x) in [-1, 1] to the env's bounds: a = low + (tanh(x) + 1) / 2 * (high - low)."""
+    return space.low + (squashed_action + 1) / 2 * (space.high - space.low)
+
+
+def make_env(env_id, seed):
+    def thunk():
+        env = gym.make(env_id)
+        env = gym.wrappers.RecordEpisodeStatistics(env)
+        env.action_space.seed(seed)
+        return env
+
+    return thunk
+
+
+def check_args(args):
+    """Exit with one clear line on input that cannot train."""
+    try:
+        probe = gym.make(args.env_id)
+    except Exception as error:
+        first_line = (str(error).splitlines() or [type(error).__name__])[0]
+        raise SystemExit(f"error: cannot make --env-id {args.env_id!r}: {first_line}") from None
+    if not isinstance(probe.action_space, gym.spaces.Box):
+        raise SystemExit(
+            f"error: --env-id {args.env_id!r} has action space {probe.action_space}; only continuous (Box) actions are supported"
+        )
+    probe.close()
+    if args.evaluate_checkpoint is not None:
+        return
+    if args.diffusion_steps < 1:
+        raise SystemExit(f"error: --diffusion-steps must be at least 1, got {args.diffusion_steps}")
+    if args.eta_max <= 0.5:
+        raise SystemExit(f"error: --eta-max must exceed 0.5, the first step's initial step size, got {args.eta_max}")
+    if min(args.num_envs, args.num_steps, args.num_minibatches, args.update_epochs) < 1:
+        raise SystemExit("error: --num-envs, --num-steps, --num-minibatches and --update-epochs must be at least 1")
+    if args.kl_bound <= 0 or args.value_bound <= 0 or args.num_bins < 2:
+        raise SystemExit("error: --kl-bound and --value-bound must be positive and --num-bins at least 2")
+    if args.total_timesteps < args.num_envs * args.num_steps:
+        raise SystemExit(
+            f"error: --total-timesteps {args.total_timesteps} must be at least --num-envs * --num-steps = "
+            f"{args.num_envs * args.num_steps}, or no gradient update would run"
+        )
+
+
+def real_next_obs(next_obs, infos):
+    """True next observations of a vector env step with SAME_STEP autoreset.
+
+    A finished env already returns its reset observation; the episode's last one is in infos["final_obs"].
+    """
+    real = next_obs.copy()
+    for i in np.flatnonzero(infos.get("_final_obs", [])):
+        real[i] = infos["final_obs"][i]
+    return real
+
+
+def check_finite(name, value, step):
+    """Stop training on a NaN or infinite loss (never keep training on it)."""
+    if not torch.isfinite(value):
+        raise SystemExit(f"error: {name} became {value.item()} at env step {step}; stopping")
+
+
+def mlp(in_dim, out_dim, hidden_dim, layer_norm=False):
+    """Two hidden ReLU layers; critics add LayerNorm for stability."""
+    norm = (lambda: nn.LayerNorm(hidden_dim)) if layer_norm else nn.Identity
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        norm(),
+        nn.ReLU(),
+        nn.Linear(hidden_dim, hidden_dim),
+        norm(),
+        nn.ReLU(),
+        nn.Linear(hidden_dim, out_dim),
+    )
+
+
+class ObservationNormalizer(nn.Module):
+    """(obs - mean) / std with running statistics, clipped to [-10, 10]; buffers, so they are saved with the policy."""
+
+    def __init__(self, obs_dim):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(obs_dim))
+        self.register_buffer("var", torch.ones(obs_dim))
+        self.register_buffer("count", torch.tensor(1e-4))
+
+    def update(self, obs):
+        """Merges a batch of raw observations into the running mean and variance (Chan et al.'s parallel formula)."""
+        batch_mean, batch_var, batch_count = obs.mean(0), obs.var(0, unbiased=False), obs.shape[0]
+        total = self.count + batch_count
+        delta = batch_mean - self.mean
+        self.var.copy_((self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total) / total)
+        self.mean.add_(delta * batch_count / total)
+        self.count.copy_(total)
+
+    def forward(self, obs):
+        return ((obs - self.mean) / torch.sqrt(self.var + 1e-8)).clamp(-10, 10)
+
+
+class ReturnNormalizer:
+    """Rewards divided by the running std of the discounted return sum_t gamma^t r_t (PPO's reward scaling)."""
+
+    def __init__(self, num_envs, gamma):
+        self.gamma, self.returns = gamma, np.zeros(num_envs)
+        self.mean, self.var, self.count = 0.0, 1.0, 1e-4
+
+    def update(self, rewards, dones):
+        self.returns = self.returns * self.gamma + rewards
+        batch_mean, batch_var, batch_count = self.returns.mean(), self.returns.var(), len(rewards)
+        total = self.count + batch_count
+        delta = batch_mean - self.mean
+        self.var = (self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total) / total
+        self.mean, self.count = self.mean + delta * batch_count / total, total
+        self.returns[dones] = 0.0
+
+    def scale(self):
+        return float(np.sqrt(self.var + 1e-8))
+
+
+def hl_gauss(values, edges):
+    """HL-Gauss target distributions (B, bins): N(value, sigma^2) integrated over each bin, sigma = 0.75 bin widths.
+
+    Values outside the support are clipped to its ends; the mass beyond the two outer edges is renormalised away.
+    """
+    sigma = 0.75 * (edges[1] - edges[0])
+    values = values.clamp(edges[0], edges[-1])
+    cdf = torch.special.ndtr((edges - values[:, None]) / sigma)
+    return (cdf[:, 1:] - cdf[:, :-1]) / (cdf[:, -1:] - cdf[:, :1])
+
+
+class SoftQNetwork(nn.Module):
+    """Categorical Q(s, x_{k+1}, k), the soft value of choosing x_{k+1} at step k: logits over value bins, Q = E[bin centre]."""
+
+    def __init__(self, obs_dim, action_dim, hidden_dim, num_bins, value_bound, diffusion_steps):
+        super().__init__()
+        self.diffusion_steps = diffusion_steps
+        self.net = mlp(obs_dim + action_dim + diffusion_steps, num_bins, hidden_dim, layer_norm=True)
+        self.register_buffer("edges", torch.linspace(-value_bound, value_bound, num_bins + 1))
+
+    def logits(self, obs, x_next, k):
+        return self.net(torch.cat([obs, x_next, F.one_hot(k, self.diffusion_steps).float()], -1))
+
+    def forward(self, obs, x_next, k):
+        centres = (self.edges[1:] + self.edges[:-1]) / 2
+        return torch.softmax(self.logits(obs, x_next, k), -1) @ centres
+
+
+class DiffusionPolicy(nn.Module):
+    """K-step denoising chain x_0 -> x_K in pre-tanh space; the squashed action is tanh(x_K) in [-1, 1]^A."""
+
+    def __init__(self, obs_dim, action_dim, hidden_dim, diffusion_steps, prior_std, eta_max, tanh_correction):
+        super().__init__()
+        self.action_dim, self.diffusion_steps, self.prior_std = action_dim, diffusion_steps, prior_std
+        self.eta_max, self.tanh_correction = eta_max, tanh_correction
+        self.obs_norm = ObservationNormalizer(obs_dim)
+        self.net = mlp(obs_dim + action_dim + diffusion_steps, action_dim, hidden_dim)
+        # u starts at zero: the initial chain is an Ornstein-Uhlenbeck chain that keeps x ~ N(0, sigma_p^2)
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+        # eta_k = 0.5 * sched(k), sched(k) = 0.17 + 0.83 (K - k) / K, learned per (step, dim) in (0, eta_max):
+        # unbounded (softplus) step sizes kept growing on Hopper in DiffSAC until the critic diverged
+        steps = torch.arange(diffusion_steps, dtype=torch.float32)
+        eta = 0.5 * (0.17 + 0.83 * (diffusion_steps - steps) / diffusion_steps)
+        self.eta_param = nn.Parameter(torch.logit(eta / eta_max)[:, None].repeat(1, action_dim))
+
+    def eta(self):
+        """Step sizes eta_k = eta_max * sigmoid(param), shape (K, A)."""
+        return self.eta_max * torch.sigmoid(self.eta_param)
+
+    def kernel(self, obs, x, k):
+        """Mean and std of the denoising kernel q(x_{k+1} | x_k, s, k) at normalised observations."""
+        eta = self.eta()[k]
+        u = self.net(torch.cat([obs, x, F.one_hot(k, self.diffusion_steps).float()], -1))
+        return x + eta * (-x / self.prior_std**2 + u), torch.sqrt(2 * eta)
+
+    def log_ratio(self, x, k, x_next, mean, std):
+        """l_k = log q(x_{k+1} | x_k, s, k) - log p(x_k | x_{k+1}), given q's mean and std."""
+        # Decision (method.md section 2): p is normalised in x_k (drift at x_{k+1}, same eta_k as q),
+        # unlike the reference code, which evaluates the drift at x_k with eta_{k+1}.
+        reverse_mean = x_next - (std**2 / 2) * x_next / self.prior_std**2
+        # q and p share the variance 2 eta_k = std^2, so their normalising constants cancel
+        l_k = (((x - reverse_mean) ** 2 - (x_next - mean) ** 2) / (2 * std**2)).sum(-1)
+        if self.tanh_correction:
+            # Decision (measured for DiffSAC, benchmarks/results): without it the chain buys entropy in tanh's flat,
+            # saturated region. At the last step subtract log|d tanh(x_K)/dx_K| = sum 2 (log 2 - x - softplus(-2x)).
+            log_det = 2 * (np.log(2.0) - x_next - F.softplus(-2 * x_next)).sum(-1)
+            l_k = l_k - torch.where(k == self.diffusion_steps - 1, log_det, 0.0)
+        return l_k
+
+    def step(self, obs, x, k):
+        """One denoising step: x_{k+1} ~ q(.|x_k, s, k) (reparameterised) and its log ratio l_k."""
+        mean, std = self.kernel(obs, x, k)
+        x_next = mean + std * torch.randn_like(mean)
+        return x_next, self.log_ratio(x, k, x_next, mean, std)
+
+    def sample(self, obs, deterministic=False):
+        """Raw observations in; runs the whole chain from a fresh prior sample; returns tanh(x_K) and the chain x_0..x_K (B, K+1, A)."""
+        obs = self.obs_norm(obs)
+        x = torch.zeros(obs.shape[0], self.action_dim, device=obs.device)
+        if not deterministic:
+            x = self.prior_std * torch.randn_like(x)
+        chain = [x]
+        for k in range(self.diffusion_steps):
+            mean, std = self.kernel(obs, x, torch.full((obs.shape[0],), k, device=obs.device))
+            x = mean if deterministic else mean + std * torch.randn_like(mean)
+            chain.append(x)
+        return torch.tanh(x), torch.stack(chain, 1)
+
+
+def gaussian_kl(mean_old, std_old, mean, std):
+    """KL(N(mean_old, std_old^2) || N(mean, std^2)) of diagonal Gaussians, summed over the last dim."""
+    return (torch.log(std / std_old) + (std_old**2 + (mean_old - mean) ** 2) / (2 * std**2) - 0.5).sum(-1)
+
+
+def td_lambda_targets(rewards, next_q, next_log_ratio, log_ratios, terminated, truncated, alpha, gamma, td_lambda, prior_entropy):
+    """Soft TD(lambda) targets G (T, N, K) of the DA transitions of one rollout, from (T, N) arrays and the chains' l (T, N, K).
+
+    TD(lambda) over DA steps with gamma_k = lambda_k = 1 inside the chain, written per env step, backwards in time:
+    G_{K-1,t} = r_t + gamma (1 - terminated_t) [ alpha (H_p - l'_0) + lambda G_{0,t+1} + (1 - lambda) Q(s'_t, x'_1, 0) ]
+    G_{k,t}   = G_{K-1,t} - alpha sum_{j>k} l_{j,t}   (in-chain soft rewards -alpha l_{k+1}, no discount, no bootstrap)
+    with G_{0,t+1} replaced by Q(s'_t, x'_1, 0) where the episode was truncated at t or the rollout ends; H_p = prior_entropy.
+    """
+    chain_entropy = alpha * (log_ratios.flip(-1).cumsum(-1).flip(-1) - log_ratios)  # alpha sum_{j>k} l_j, (T, N, K)
+    env_targets = torch.zeros_like(rewards)
+    for t in reversed(range(len(rewards))):
+        continuation = next_q[t]
+        if t + 1 < len(rewards):
+            next_target = env_targets[t + 1] - chain_entropy[t + 1, :, 0]  # G_{0,t+1}
+            continuation = torch.where(truncated[t], next_q[t], td_lambda * next_target + (1 - td_lambda) * next_q[t])
+        env_targets[t] = rewards[t] + gamma * (1 - terminated[t]) * (continuation + alpha * (prior_entropy - next_log_ratio[t]))
+    return env_targets[..., None] - chain_entropy
+
+
+def critic_loss(batch, qf):
+    """Cross-entropy of the critic's logits to the HL-Gauss distributions of the targets; also returns Q."""
+    logits = qf.logits(batch["obs"], batch["x_next"], batch["k"])
+    target_probs = hl_gauss(batch["targets"], qf.edges)
+    with torch.no_grad():
+        q_values = torch.softmax(logits, -1) @ ((qf.edges[1:] + qf.edges[:-1]) / 2)
+    return -(target_probs * F.log_softmax(logits, -1)).sum(-1).mean(), q_values
+
+
+def actor_loss(batch, actor, qf, alpha, beta, kl_bound):
+    """Per sample the WPO loss sum_d stopgrad(alpha g_l - g_Q)_d g_l(theta)_d (one kernel step) inside the trust region, beta KL outside.
+
+    The sample x_{k+1} is not reparameterised; g_l = grad_x l_k(theta) and g_Q = grad_x Q(s, x, k) at x = x_{k+1}.
+    Returns the mean loss, l_k and the per-sample KL.
+    """
+    obs, x, k = batch["obs"], batch["x"], batch["k"]
+    mean, std = actor.kernel(obs, x, k)
+    x_next = (mean + std * torch.randn_like(mean)).detach().requires_grad_()
+    l_k = actor.log_ratio(x, k, x_next, mean, std)
+    grad_l = torch.autograd.grad(l_k.sum(), x_next, create_graph=True)[0]  # a function of theta
+    grad_q = torch.autograd.grad(qf(obs, x_next, k).sum(), x_next)[0]
+    kl = actor.diffusion_steps * gaussian_kl(batch["mean"], batch["std"], mean, std)
+    loss = torch.where(kl <= kl_bound, ((alpha * grad_l - grad_q).detach() * grad_l).sum(-1), beta * kl)
+    return loss.mean(), l_k, kl
+
+
+def dual_losses(log_alpha, log_beta, entropy, target_entropy, kl, kl_bound):
+    """alpha * stopgrad(H_hat - H_target) and -beta * stopgrad(mean KL - kl_bound).
+
+    Gradient descent raises each multiplier while its constraint is violated (entropy below target, KL above bound).
+    """
+    return log_alpha.exp() * (entropy.detach() - target_entropy), -log_beta.exp() * (kl.detach().mean() - kl_bound)
+
+
+def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=None):
+    """Undiscounted returns of `episodes` episodes on a fresh env, seeded seed, seed+1, ..."""
+    env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
+    if video_dir:
+        env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda _: True, disable_logger=True)
+    returns = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        done, episode_return = False, 0.0
+        while not done:
+            with torch.no_grad():
+                action, _ = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)
+            obs, reward, terminated, truncated, _ = env.step(to_env(action[0].cpu().numpy(), env.action_space))
+            episode_return += float(reward)
+            done = terminated or truncated
+        returns.append(episode_return)
+    env.close()
+    return np.array(returns)
+
+
+def load_actor(path, device):
+    """Rebuilds the actor (observation normaliser included) of a checkpoint written by --save-model; returns it and the run's Args."""
+    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    saved = Args(**checkpoint["args"])
+    env = gym.make(saved.env_id)
+    obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    actor = DiffusionPolicy(
+        obs_dim, action_dim, saved.hidden_dim, saved.diffusion_steps, saved.prior_std, saved.eta_max, saved.tanh_correction
+    )
+    actor.load_state_dict(checkpoint["actor"])
+    return actor.to(device), saved
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    check_args(args)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+
+    if args.evaluate_checkpoint is not None:
+        actor, saved = load_actor(args.evaluate_checkpoint, device)
+        returns = evaluate(actor, saved.env_id, args.eval_episodes, args.seed, args.eval_deterministic, device)
+        print(f"{saved.env_id}: eval returns {np.round(returns, 2).tolist()} mean {returns.mean():.2f}")
+        raise SystemExit(0)
+
+    run_name = f"{args.env_id.replace(':', '_').replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join("runs", run_name)
+    writer = SummaryWriter(run_dir)
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=asdict(args), name=run_name)
+    with open(os.path.join(run_dir, "args.json"), "w") as f:
+        json.dump(asdict(args), f, indent=2)
+    metrics_file = open(os.path.join(run_dir, "metrics.jsonl"), "a")
+    start_time = time.time()
+
+    def log_scalars(step, scalars):
+        """Writes scalars to TensorBoard and, one JSON line per call, to metrics.jsonl."""
+        for tag, value in scalars.items():
+            writer.add_scalar(tag, value, step)
+        metrics_file.write(json.dumps({"step": step, "time": round(time.time() - start_time, 2), **scalars}) + "\n")
+        metrics_file.flush()
+
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, args.seed + i) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
+
+    diffusion_steps = args.diffusion_steps
+    actor = DiffusionPolicy(obs_dim, action_dim, args.hidden_dim, diffusion_steps, args.prior_std, args.eta_max, args.tanh_correction).to(
+        device
+    )
+    qf = SoftQNetwork(obs_dim, action_dim, args.hidden_dim, args.num_bins, args.value_bound, diffusion_steps).to(device)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate)
+    q_optimizer = torch.optim.Adam(qf.parameters(), lr=args.learning_rate)
+    log_alpha = torch.tensor(np.log(args.alpha_init), dtype=torch.float32, device=device, requires_grad=True)
+    log_beta = torch.tensor(np.log(args.beta_init), dtype=torch.float32, device=device, requires_grad=True)
+    dual_optimizer = torch.optim.Adam([log_alpha, log_beta], lr=args.dual_learning_rate)
+    target_entropy = -args.target_entropy_scale * action_dim
+    prior_entropy = 0.5 * action_dim * np.log(2 * np.pi * np.e * args.prior_std**2) if args.prior_entropy_bonus else 0.0
+    return_normalizer = ReturnNormalizer(args.num_envs, args.gamma)
+
+    obs, _ = envs.reset(seed=args.seed)
+    global_step, recent_returns, next_eval = 0, [], args.eval_frequency
+    last_print, last_print_step = start_time, 0
+    remaining_vector_steps = args.total_timesteps // args.num_envs
+    while remaining_vector_steps > 0:
+        # --- rollout: num_steps steps of every env with the current policy, no gradient ---
+        rollout_steps = min(args.num_steps, remaining_vector_steps)
+        remaining_vector_steps -= rollout_steps
+        keys = ("obs", "chains", "rewards", "terminated", "truncated", "next_obs")
+        rollout = {key: [] for key in keys}
+        for _ in range(rollout_steps):
+            global_step += args.num_envs
+            obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=device)
+            with torch.no_grad():
+                actor.obs_norm.update(obs_tensor)
+                norm_obs = actor.obs_norm(obs_tensor)
+                actions, chains = actor.sample(obs_tensor)
+            next_obs, rewards, terminations, truncations, infos = envs.step(to_env(actions.cpu().numpy(), envs.single_action_space))
+            for i in np.flatnonzero(infos.get("_final_info", [])):
+                episode = infos["final_info"]["episode"]
+                recent_returns = (recent_returns + [float(episode["r"][i])])[-10:]
+                log_scalars(global_step, {"charts/episodic_return": float(episode["r"][i]), "charts/episodic_length": int(episode["l"][i])})
+            return_normalizer.update(rewards, terminations | truncations)
+            step_data = (norm_obs, chains, rewards, terminations, truncations & ~terminations, real_next_obs(next_obs, infos))
+            for key, value in zip(keys, step_data, strict=True):
+                rollout[key].append(torch.as_tensor(value, device=device))
+            obs = next_obs
+        rollout = {key: torch.stack(values) for key, values in rollout.items()}  # (T, N, ...)
+
+        # --- the rollout's T * N * K DA transitions (s, x_k, k) -> x_{k+1}, with the old kernels and log ratios ---
+        alpha, beta = log_alpha.exp().item(), log_beta.exp().item()
+        with torch.no_grad():
+            chains = rollout["chains"].flatten(0, 1)  # (T*N, K+1, A)
+            data = {
+                "obs": rollout["obs"].flatten(0, 1).repeat_interleave(diffusion_steps, 0),
+                "x": chains[:, :-1].flatten(0, 1),
+                "x_next": chains[:, 1:].flatten(0, 1),
+                "k": torch.arange(diffusion_steps, device=device).repeat(len(chains)),
+            }
+            data["mean"], data["std"] = actor.kernel(data["obs"], data["x"], data["k"])
+            log_ratios = actor.log_ratio(data["x"], data["k"], data["x_next"], data["mean"], data["std"])
+
+            # --- soft TD(lambda) targets, with a fresh first kernel step x'_1 ~ q(.|s', x'_0, 0) at every next state ---
+            next_obs_norm = actor.obs_norm(rollout["next_obs"].float())
+            prior_sample = actor.prior_std * torch.randn(*next_obs_norm.shape[:2], action_dim, device=device)
+            first_step = torch.zeros(next_obs_norm.shape[:2], dtype=torch.long, device=device)
+            next_x, next_log_ratio = actor.step(next_obs_norm, prior_sample, first_step)
+            next_q = qf(next_obs_norm, next_x, first_step)
+            rewards = rollout["rewards"].float() / return_normalizer.scale()
+            terminated, truncated = rollout["terminated"].float(), rollout["truncated"]
+            log_ratios = log_ratios.view(*rewards.shape, diffusion_steps)
+            targets = td_lambda_targets(
+                rewards, next_q, next_log_ratio, log_ratios, terminated, truncated, alpha, args.gamma, args.td_lambda, prior_entropy
+            )
+        data["targets"] = targets.flatten()
+
+        # --- update_epochs passes of minibatch updates: critic, then actor, then the two multipliers ---
+        for _ in range(args.update_epochs):
+            for indices in torch.randperm(len(data["targets"]), device=device).chunk(args.num_minibatches):
+                batch = {key: value[indices] for key, value in data.items()}
+                qf_loss, q_values = critic_loss(batch, qf)
+                check_finite("qf_loss", qf_loss, global_step)
+                q_optimizer.zero_grad()
+                qf_loss.backward()
+                nn.utils.clip_grad_norm_(qf.parameters(), args.max_grad_norm)
+                q_optimizer.step()
+
+                alpha, beta = log_alpha.exp().item(), log_beta.exp().item()
+                policy_loss, l_k, kl = actor_loss(batch, actor, qf, alpha, beta, args.kl_bound)
+                check_finite("actor_loss", policy_loss, global_step)
+                actor_optimizer.zero_grad()
+                policy_loss.backward()
+                nn.utils.clip_grad_norm_(actor.parameters(), args.max_grad_norm)
+                actor_optimizer.step()
+
+                entropy = -diffusion_steps * l_k.detach().mean()  # sum over the K steps of the chain
+                alpha_loss, beta_loss = dual_losses(log_alpha, log_beta, entropy, target_entropy, kl, args.kl_bound)
+                dual_optimizer.zero_grad()
+                (alpha_loss * args.autotune + beta_loss).backward()
+                dual_optimizer.step()
+
+        log_scalars(
+            global_step,
+            {
+                "losses/qf_loss": qf_loss.item(),
+                "losses/qf_values": q_values.mean().item(),
+                "losses/actor_loss": policy_loss.item(),
+                "losses/kl": kl.mean().item(),
+                "losses/kl_clip_fraction": (kl > args.kl_bound).float().mean().item(),
+                "losses/beta": log_beta.exp().item(),
+                "losses/target_mean": targets.mean().item(),
+                "losses/target_outside_fraction": (targets.abs() > args.value_bound).float().mean().item(),
+                "losses/reward_scale": return_normalizer.scale(),
+                "diffusion/alpha": log_alpha.exp().item(),
+                "diffusion/entropy": entropy.item(),
+                "diffusion/saturated_fraction": (chains[:, -1].tanh().abs() > 0.99).float().mean().item(),
+                **{f"diffusion/eta_{j}": eta_j.item() for j, eta_j in enumerate(actor.eta().mean(-1))},
+                "charts/SPS": int(global_step / (time.time() - start_time)),
+            },
+        )
+
+        final = remaining_vector_steps == 0
+        if global_step >= next_eval or final:
+            next_eval += args.eval_frequency
+            video_dir = os.path.join(run_dir, "videos") if final and args.capture_video else None
+            returns = evaluate(actor, args.env_id, args.eval_episodes, args.seed + 10_000, args.eval_deterministic, device, video_dir)
+            log_scalars(global_step, {"eval/episodic_return": float(returns.mean())})
+
+        if time.time() - last_print > 5 or final:
+            sps = (global_step - last_print_step) / (time.time() - last_print)  # recent speed, for the time left
+            last_print, last_print_step = time.time(), global_step
+            recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
+            time_left = (args.total_timesteps - global_step) / max(sps, 1e-9)
+            print(
+                f"step {global_step}/{args.total_timesteps} | return {recent} | SPS {sps:.0f} | time left {time_left / 60:.1f} min",
+                flush=True,
+            )
+
+    if args.save_model:
+        model_path = os.path.join(run_dir, "model.pt")
+        torch.save(
+            {
+                "args": asdict(args),
+                "actor": actor.state_dict(),  # includes the observation normaliser's statistics
+                "qf": qf.state_dict(),
+                "log_alpha": log_alpha.detach(),
+                "log_beta": log_beta.detach(),
+                "return_normalizer": {"mean": return_normalizer.mean, "var": return_normalizer.var, "count": return_normalizer.count},
+            },
+            model_path,
+        )
+        print(f"model saved to {model_path}")
+    envs.close()
+    writer.close()
+    metrics_file.close()
