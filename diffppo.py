@@ -302,6 +302,25 @@ class DiffusionPolicy(nn.Module):
         return torch.tanh(chain[:, -1]), chain
 
 
+def da_mdp_sequence(env_rewards, env_dones, log_ratio, ent_coef, gamma, gae_lambda):
+    """The rollout as a DA-MDP sequence, DA time j = t*K + k (method.md section 3).
+
+    env_rewards, env_dones (T, N) and log_ratio (T, K, N) in; out (T*K, N) soft rewards and dones, (T*K, 1) gamma_j and lambda_j:
+    the env reward and the episode end only at k = K-1, the bonus -eps l_k at every step, gamma and lambda only
+    where env time advances (k = K-1), 1 inside the chain.
+    """
+    num_steps, diffusion_steps, num_envs = log_ratio.shape
+    soft_rewards = -ent_coef * log_ratio
+    soft_rewards[:, -1] += env_rewards
+    dones = torch.zeros_like(soft_rewards)
+    dones[:, -1] = env_dones
+    last_step = (torch.arange(diffusion_steps, device=log_ratio.device) == diffusion_steps - 1).float()
+    gammas = (1 + last_step * (gamma - 1)).repeat(num_steps)[:, None]
+    lambdas = (1 + last_step * (gae_lambda - 1)).repeat(num_steps)[:, None]
+    flat = (num_steps * diffusion_steps, num_envs)
+    return soft_rewards.reshape(flat), dones.reshape(flat), gammas, lambdas
+
+
 def compute_gae(rewards, values, dones, last_value, gamma, gae_lambda):
     """GAE over a DA rollout of shape (T*K, N): A_j = delta_j + gamma_j lambda_j (1 - done_j) A_{j+1}.
 
@@ -441,9 +460,6 @@ if __name__ == "__main__":
     rewards_buf = torch.zeros(max_steps, N, device=device)
     dones_buf = torch.zeros(max_steps, N, device=device)
     steps = torch.arange(diffusion_steps, device=device)
-    # DA-MDP discounting (method.md section 3): gamma and lambda only where env time advances, at k = K-1
-    last_step = (steps == diffusion_steps - 1).float()
-    step_gamma, step_lambda = 1 + last_step * (args.gamma - 1), 1 + last_step * (args.gae_lambda - 1)
 
     def values_of_chain(obs, chain):
         """V(s, x_k, k) for k = 0..K-1 of chains (N, K+1, A) in one batched call; shape (K, N)."""
@@ -476,12 +492,8 @@ if __name__ == "__main__":
             next_obs, rewards, terminations, truncations, infos = envs.step(
                 to_env(torch.tanh(chain[:, -1]).cpu().numpy(), envs.single_action_space)
             )
-            obs_buf[step], chain_buf[step], log_prob_buf[step], log_ratio_buf[step] = (
-                obs_norm,
-                chain.transpose(0, 1),
-                log_prob.T,
-                log_ratio.T,
-            )
+            obs_buf[step], chain_buf[step] = obs_norm, chain.transpose(0, 1)
+            log_prob_buf[step], log_ratio_buf[step] = log_prob.T, log_ratio.T
 
             rewards = torch.as_tensor(rewards, device=device)
             dones = torch.as_tensor(terminations | truncations, dtype=torch.float32, device=device)
@@ -505,23 +517,14 @@ if __name__ == "__main__":
                 log_scalars(global_step, {"charts/episodic_return": float(episode["r"][i]), "charts/episodic_length": int(episode["l"][i])})
             obs = next_obs
 
-        # DA time j = t*K + k: the env reward (and episode end) only at k = K-1, the bonus -eps l_k at every step
-        num_da_steps = num_steps * diffusion_steps
-        soft_rewards = -args.ent_coef * log_ratio_buf[:num_steps]
-        soft_rewards[:, -1] += rewards_buf[:num_steps]
-        da_dones = torch.zeros_like(soft_rewards)
-        da_dones[:, -1] = dones_buf[:num_steps]
-        values = values_buf[:num_steps].reshape(num_da_steps, N)
+        # GAE on the DA-MDP: K DA steps per env step, the env reward and discount only at k = K-1
+        soft_rewards, da_dones, gammas, lambdas = da_mdp_sequence(
+            rewards_buf[:num_steps], dones_buf[:num_steps], log_ratio_buf[:num_steps], args.ent_coef, args.gamma, args.gae_lambda
+        )
+        values = values_buf[:num_steps].reshape(-1, N)
         with torch.no_grad():
             last_value = initial_value(actor.obs_rms.normalize(torch.as_tensor(obs, dtype=torch.float32, device=device)))
-        advantages = compute_gae(
-            soft_rewards.reshape(num_da_steps, N),
-            values,
-            da_dones.reshape(num_da_steps, N),
-            last_value,
-            step_gamma.repeat(num_steps)[:, None],
-            step_lambda.repeat(num_steps)[:, None],
-        )
+        advantages = compute_gae(soft_rewards, values, da_dones, last_value, gammas, lambdas)
         batch = {
             "obs": obs_buf[:num_steps, None].expand(-1, diffusion_steps, -1, -1).reshape(-1, obs_dim),
             "x": chain_buf[:num_steps, :-1].reshape(-1, action_dim),
@@ -534,7 +537,7 @@ if __name__ == "__main__":
         }
 
         # minibatches mix all DA steps; as many as PPO's, so each holds K times more samples
-        batch_size = num_da_steps * N
+        batch_size = num_steps * diffusion_steps * N
         clip_fractions = []
         for _ in range(args.update_epochs):
             for indices in torch.randperm(batch_size, device=device).tensor_split(args.num_minibatches):

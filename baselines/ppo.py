@@ -386,7 +386,8 @@ if __name__ == "__main__":
                 x, log_prob, log_pi = actor.act(obs_norm)
                 values_buf[step] = critic(obs_norm)
             next_obs, rewards, terminations, truncations, infos = envs.step(to_env(torch.tanh(x).cpu().numpy(), envs.single_action_space))
-            obs_buf[step], x_buf[step], log_prob_buf[step], log_pi_buf[step] = obs_norm, x, log_prob, log_pi
+            obs_buf[step], x_buf[step] = obs_norm, x
+            log_prob_buf[step], log_pi_buf[step] = log_prob, log_pi
 
             rewards = torch.as_tensor(rewards, device=device)
             dones = torch.as_tensor(terminations | truncations, dtype=torch.float32, device=device)
