@@ -71,7 +71,7 @@ class Args:
     """total env steps of the experiment"""
     num_envs: int = 16
     """the number of parallel environments"""
-    eval_frequency: int = 20_000
+    eval_frequency: int = 50_000
     """evaluate the policy every this many env steps"""
     eval_episodes: int = 5
     """the number of episodes of each evaluation"""
