@@ -15,12 +15,15 @@ at k = K-1, and replace log pi by the per-step log ratio against the noising ker
 SAC then runs on the DA-MDP with one kernel step per sample, never back-propagating through the chain:
 
     DA transition  an env transition from the replay buffer with its stored chain x_0..x_K, and a step k:
-                   k = K-1 with probability --last-step-share (default 1/K), else uniform over 0..K-2
-    critic target  k = K-1:  y = r + gamma (1 - terminated) [min_i Qbar_i(s', x'_1, 0) - alpha l'_0],  x'_0 ~ prior
+                   k = K-1 with probability --last-step-share (default 0.5: every target bootstraps Q(., ., K-1)), else uniform over 0..K-2
+    critic target  k = K-1:  y = r + gamma (1 - terminated) [min_i Qbar_i(s', x'_K, K-1) - alpha (sum_j l'_j - H_prior)]
+                             (x'_0 ~ prior at s' and the current policy runs the whole chain x'_0 -> x'_K)
                    k < K-1:  y = min_i Qbar_i(s, x'_K, K-1) - alpha sum_{j>k} l'_j
                              (the current policy finishes the chain from x_{k+1}; no reward, no discount)
     actor loss     E[alpha l_k(theta) - min_i Q_i(s, x_{k+1}(theta), k)],  x_{k+1} ~ q reparameterised
-    temperature    loss alpha * stopgrad(H_hat - H_target),  H_hat = -mean(l_k / P(k)),  H_target = -c A
+    temperature    loss alpha * stopgrad(H_hat - H_target),  H_hat = H_prior - mean(l_k / P(k)),  H_target = -c A
+    H_prior = A/2 log(2 pi e sigma_p^2), the prior's entropy: E[log N(x_0) + sum_k l_k] >= E[log pi], so H_hat is a
+    lower bound of the action's entropy per env step, in SAC's units
 
 `diff baselines/sac.py diffsac.py` shows exactly what changes from SAC.
 
@@ -99,15 +102,15 @@ class Args:
     """initial entropy temperature alpha"""
     autotune: bool = True
     """if toggled, alpha is tuned towards the entropy target"""
-    target_entropy_scale: float = 5.0
-    """c in the entropy target H_target = -c * action_dim of the chain's entropy estimate -K mean(l_k)"""
+    target_entropy_scale: float = 2.5
+    """c in the entropy target H_target = -c * action_dim of the chain's entropy bound H_prior - K mean(l_k)"""
     diffusion_steps: int = 8
     """K, the number of denoising steps of the chain"""
     prior_std: float = 3.0
     """sigma_p, the std of the prior x_0 ~ N(0, sigma_p^2 I)"""
     chain_targets: bool = True
     """if toggled, in-chain critic targets finish the chain to x_K (method.md section 7); else bootstrap one DA step"""
-    last_step_share: float | None = None
+    last_step_share: float | None = 0.5
     """share of each batch's DA transitions at the env step k = K-1, the rest uniform below; None: k uniform"""
     eta_max: float = 1.0
     """upper bound of the learned step sizes eta_k (kernel std at most sqrt(2 eta_max))"""
@@ -303,9 +306,11 @@ def finish_chain(actor, obs, x, first_step, end_step):
 def critic_target(batch, k, x_next, actor, qf1_target, qf2_target, alpha, gamma, chain_targets):
     """Soft targets of the DA transitions (s, x_k, k) -> x_{k+1} (method.md sections 3, 4 and 7).
 
-    k = K-1, the env step:  y = r + gamma (1 - terminated) [min_i Qbar_i(s', x'_1, 0) - alpha l'_0],  x'_0 ~ prior
+    k = K-1, the env step:  y = r + gamma (1 - terminated) [min_i Qbar_i(s', x'_e, e-1) - alpha (l'_0 + ... + l'_{e-1} - H_prior)]
+                            x'_0 ~ prior at s'; e = K (chain targets: the whole chain) or e = 1 (one DA step)
     k < K-1, in the chain:  y = min_i Qbar_i(s, x'_e, e-1) - alpha (l'_{k+1} + ... + l'_{e-1}), no reward, no discount,
                             e = K (chain targets: an unbiased multi-step target) or e = k+2 (one DA step)
+    With chain targets every target bootstraps only the env-step critic Q(., ., K-1), as SAC bootstraps its Q.
     """
     with torch.no_grad():
         diffusion_steps = actor.diffusion_steps
@@ -314,11 +319,17 @@ def critic_target(batch, k, x_next, actor, qf1_target, qf2_target, alpha, gamma,
         # after the env step the chain restarts from a fresh prior sample x'_0 at the next state
         x = torch.where(last[:, None], actor.prior_std * torch.randn_like(x_next), x_next)
         first = torch.where(last, 0, k + 1)
-        end = torch.where(last, 1, torch.full_like(k, diffusion_steps) if chain_targets else k + 2)
+        end = torch.where(last, 1, k + 2) if not chain_targets else torch.full_like(k, diffusion_steps)
         x, sum_l = finish_chain(actor, obs, x, first, end)
         soft_q = torch.min(qf1_target(obs, x, end - 1), qf2_target(obs, x, end - 1)) - alpha * sum_l
-        env_target = batch["rewards"] + gamma * (1 - batch["terminated"]) * soft_q
+        # the next env step's entropy bonus also counts its prior sample x'_0 (a constant, H_prior, in expectation)
+        env_target = batch["rewards"] + gamma * (1 - batch["terminated"]) * (soft_q + alpha * prior_entropy(actor))
         return torch.where(last, env_target, soft_q)
+
+
+def prior_entropy(actor):
+    """H_prior = A/2 log(2 pi e sigma_p^2), the entropy of x_0 ~ N(0, sigma_p^2 I)."""
+    return 0.5 * actor.action_dim * np.log(2 * np.pi * np.e * actor.prior_std**2)
 
 
 def sample_steps(batch_size, diffusion_steps, last_step_share, device):
@@ -477,7 +488,8 @@ if __name__ == "__main__":
                 policy_loss.backward()
                 actor_optimizer.step()
 
-                entropy = -(l_k.detach() / step_probability).mean()  # sum over the K steps of the chain
+                # a lower bound of the action's entropy: the prior's entropy minus the sum over the K steps of l_k
+                entropy = prior_entropy(actor) - (l_k.detach() / step_probability).mean()
                 if args.autotune:
                     alpha_loss = temperature_loss(log_alpha, entropy, target_entropy)
                     alpha_optimizer.zero_grad()

@@ -145,8 +145,9 @@ def test_critic_target_reward_and_discount_only_at_the_last_step(diffsac, chain_
     batch = hand_batch(diffusion_steps, k)
     x_next = batch["chains"][torch.arange(4), k + 1]
     y = diffsac.critic_target(batch, k, x_next, policy, StepValueCritic(0.0), StepValueCritic(1.0), 0.0, gamma, chain_targets)
-    # k = K-1: r + gamma (1 - terminated) min_i Qbar_i(s', x'_1, 0); Qbar(s', ., 0) = s'_0
-    assert y[0].item() == pytest.approx(1.0 + gamma * 10.0)
+    # k = K-1: r + gamma (1 - terminated) min_i Qbar_i(s', x'_e, e-1): the whole chain at s' (e = K) or one step (e = 1)
+    env_bootstrap = 100.0 * (diffusion_steps - 1) if chain_targets else 0.0
+    assert y[0].item() == pytest.approx(1.0 + gamma * (env_bootstrap + 10.0))
     assert y[1].item() == pytest.approx(2.0)
     # k < K-1: no reward, no discount; bootstrap at step K-1 (chain targets) or k+1 (one DA step)
     bootstrap_step = torch.tensor([3, 3]) if chain_targets else k[2:] + 1
@@ -175,12 +176,19 @@ def test_critic_target_entropy_term_sums_the_remaining_log_ratios(diffsac, monke
                 x = mean[0]
         return total
 
-    # row 0 steps the env: x'_0 = 0 (the prior sample, noise-free here), one kernel step at s'
-    expected_0 = -gamma * alpha * remaining_log_ratio(batch["next_obs"][0], torch.zeros(ACTION_DIM), 0, 1)
+    # row 0 steps the env: x'_0 = 0 (the prior sample, noise-free here), the whole chain at s', plus the prior's entropy
+    prior_entropy = torch.distributions.Normal(0.0, policy.prior_std).entropy() * ACTION_DIM
+    expected_0 = -gamma * alpha * (remaining_log_ratio(batch["next_obs"][0], torch.zeros(ACTION_DIM), 0, 4) - prior_entropy)
     expected_2 = -alpha * remaining_log_ratio(batch["obs"][2], batch["chains"][2, 1], 1, 4)
     expected_3 = -alpha * remaining_log_ratio(batch["obs"][3], batch["chains"][3, 2], 2, 4)
-    torch.testing.assert_close((y - y_no_entropy)[[0, 2, 3]], torch.stack([expected_0, expected_2, expected_3]))
+    torch.testing.assert_close((y - y_no_entropy)[[0, 2, 3]], torch.stack([expected_0, expected_2, expected_3]), atol=1e-4, rtol=1e-5)
     assert (y - y_no_entropy)[1].item() == 0.0  # terminated: nothing after the env step
+
+
+def test_prior_entropy_is_the_entropy_of_the_prior(diffsac):
+    policy = make_policy(diffsac)
+    expected = torch.distributions.Normal(torch.zeros(ACTION_DIM), policy.prior_std).entropy().sum()
+    assert diffsac.prior_entropy(policy) == pytest.approx(expected.item())
 
 
 def test_finish_chain_leaves_rows_with_nothing_to_do(diffsac):
