@@ -21,6 +21,9 @@ PPO then runs on the DA-MDP: a rollout of T env steps is T*K DA steps j = t*K + 
                   rho = q_theta(x_{k+1}|x_k,s,k) / q_old(x_{k+1}|x_k,s,k), one kernel step, never the whole chain
     value loss    0.5 E[max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)],  R = A + V_old
 
+Decision (measured): sigma_p = 1, not method.md's 3. Under tanh, std 3 saturates 38% of the initial action
+coordinates and PPO's small bonus does not undo it (Hopper-v5 eval return, seeds 1 / 2: 311 / 303 at 49k env
+steps, 33 / 57 at 8k; with sigma_p = 1: 337 / 340 and 122 / 108). The Gaussian twin starts at std 1 too.
 Minibatches mix all T*K DA steps. A truncated env step adds gamma V(final observation, x_0 ~ prior, 0)
 to its reward and ends the trace. Observation statistics live inside the policy (saved with it;
 evaluation does not update them), rewards are scaled by the running std of the discounted return.
@@ -112,8 +115,8 @@ class Args:
     """width of the hidden layers of every network"""
     diffusion_steps: int = 8
     """K, the number of denoising steps of the chain"""
-    prior_std: float = 3.0
-    """sigma_p, the std of the prior x_0 ~ N(0, sigma_p^2 I)"""
+    prior_std: float = 1.0
+    """sigma_p, the std of the prior x_0 ~ N(0, sigma_p^2 I) (1, not method.md's 3: measured, see the module docstring)"""
     eta_max: float = 1.0
     """upper bound of the learned step sizes eta_k (kernel std at most sqrt(2 eta_max))"""
     tanh_correction: bool = True
@@ -247,7 +250,7 @@ class DiffusionPolicy(nn.Module):
         self.action_dim, self.diffusion_steps, self.prior_std = action_dim, diffusion_steps, prior_std
         self.eta_max, self.tanh_correction = eta_max, tanh_correction
         self.obs_rms = RunningMeanStd((obs_dim,))
-        # u starts at zero: the initial chain is an Ornstein-Uhlenbeck chain that keeps x ~ N(0, sigma_p^2)
+        # u starts at zero: the initial chain is an Ornstein-Uhlenbeck chain that keeps x about N(0, sigma_p^2)
         self.net = mlp(obs_dim + action_dim + diffusion_steps, action_dim, hidden_dim, last_std=0.0)
         # eta_k = 0.5 * sched(k), sched(k) = 0.17 + 0.83 (K - k) / K, learned per (step, dim) in (0, eta_max)
         steps = torch.arange(diffusion_steps, dtype=torch.float32)
