@@ -113,8 +113,8 @@ class Args:
     """initial entropy temperature alpha"""
     autotune: bool = True
     """if toggled, alpha is tuned towards the entropy target"""
-    target_entropy_scale: float = 5.0
-    """c in the entropy target H_target = -c * action_dim of the chain's entropy estimate -K mean(l_k)"""
+    target_entropy_scale: float = 3.0
+    """c in H_target = -c * action_dim for -K mean(l_k); 3 makes the bonus alpha (H_p - c A) per env step the twin's -0.5 alpha A"""
     kl_bound: float = 0.1
     """per-sample trust region: K * KL(q_old || q) above it switches the sample's loss to beta * KL"""
     beta_init: float = 0.3
@@ -506,7 +506,9 @@ if __name__ == "__main__":
                 recent_returns = (recent_returns + [float(episode["r"][i])])[-10:]
                 log_scalars(global_step, {"charts/episodic_return": float(episode["r"][i]), "charts/episodic_length": int(episode["l"][i])})
             return_normalizer.update(rewards, terminations | truncations)
-            step_data = (norm_obs, chains, rewards, terminations, truncations & ~terminations, real_next_obs(next_obs, infos))
+            # the next state is normalised with the statistics its state was normalised with (Q(s') and Q(s) see one scale)
+            next_norm_obs = actor.obs_norm(torch.as_tensor(real_next_obs(next_obs, infos), dtype=torch.float32, device=device))
+            step_data = (norm_obs, chains, rewards, terminations, truncations & ~terminations, next_norm_obs)
             for key, value in zip(keys, step_data, strict=True):
                 rollout[key].append(torch.as_tensor(value, device=device))
             obs = next_obs
@@ -526,7 +528,7 @@ if __name__ == "__main__":
             log_ratios = actor.log_ratio(data["x"], data["k"], data["x_next"], data["mean"], data["std"])
 
             # --- soft TD(lambda) targets, with a fresh first kernel step x'_1 ~ q(.|s', x'_0, 0) at every next state ---
-            next_obs_norm = actor.obs_norm(rollout["next_obs"].float())
+            next_obs_norm = rollout["next_obs"]
             prior_sample = actor.prior_std * torch.randn(*next_obs_norm.shape[:2], action_dim, device=device)
             first_step = torch.zeros(next_obs_norm.shape[:2], dtype=torch.long, device=device)
             next_x, next_log_ratio = actor.step(next_obs_norm, prior_sample, first_step)

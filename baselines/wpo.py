@@ -439,7 +439,9 @@ if __name__ == "__main__":
                 recent_returns = (recent_returns + [float(episode["r"][i])])[-10:]
                 log_scalars(global_step, {"charts/episodic_return": float(episode["r"][i]), "charts/episodic_length": int(episode["l"][i])})
             return_normalizer.update(rewards, terminations | truncations)
-            step_data = (norm_obs, x, mean, std, rewards, terminations, truncations & ~terminations, real_next_obs(next_obs, infos))
+            # the next state is normalised with the statistics its state was normalised with (Q(s') and Q(s) see one scale)
+            next_norm_obs = actor.obs_norm(torch.as_tensor(real_next_obs(next_obs, infos), dtype=torch.float32, device=device))
+            step_data = (norm_obs, x, mean, std, rewards, terminations, truncations & ~terminations, next_norm_obs)
             for key, value in zip(keys, step_data, strict=True):
                 rollout[key].append(torch.as_tensor(value, device=device))
             obs = next_obs
@@ -448,7 +450,7 @@ if __name__ == "__main__":
         # --- soft TD(lambda) targets, with a fresh a' ~ pi(.|s') at every next state ---
         alpha, beta = log_alpha.exp().item(), log_beta.exp().item()
         with torch.no_grad():
-            next_obs_norm = actor.obs_norm(rollout["next_obs"].float())
+            next_obs_norm = rollout["next_obs"]
             next_mean, next_std = actor.dist(next_obs_norm)
             next_x = next_mean + next_std * torch.randn_like(next_mean)
             next_log_pi = actor.log_prob(next_x, next_mean, next_std)
