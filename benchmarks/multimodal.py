@@ -26,13 +26,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from benchmarks.run import PAIRS  # noqa: E402
 from envs.turning_double_well import INITIAL_HEADINGS, optima  # noqa: E402
 
 
 def train(script, options):
     """Trains `script` on the task with --save-model; returns the checkpoint's path."""
     command = [sys.executable, str(REPO / script), "--env-id", options.env_id, "--seed", str(options.seed)]
-    command += ["--total-timesteps", str(options.total_timesteps), "--learning-starts", "1000", "--save-model"]
+    command += ["--total-timesteps", str(options.total_timesteps), "--save-model"]
+    if any(pair.off_policy and script in (pair.diffusion, pair.baseline) for pair in PAIRS):
+        command += ["--learning-starts", "1000"]  # on-policy scripts have no warm-up
     command += ["--exp-name", f"multimodal_{Path(script).stem}"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     result = subprocess.run(command + options.script_args, cwd=REPO, env=env, capture_output=True, text=True)
