@@ -6,19 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import load_script
-
 OBS_DIM, ACTION_DIM, HIDDEN, PRIOR_STD = 5, 2, 32, 3.0
-
-
-@pytest.fixture(scope="module")
-def diffppo():
-    return load_script("diffppo.py")
-
-
-@pytest.fixture(scope="module")
-def ppo():
-    return load_script("baselines/ppo.py")
 
 
 def make_policy(diffppo, diffusion_steps=4, randomize=True, tanh_correction=False, seed=0):

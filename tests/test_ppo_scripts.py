@@ -10,15 +10,10 @@ import re
 import pytest
 import torch
 
-from tests.conftest import load_script, read_metrics, run_script
+from tests.conftest import load_script, only_run_dir, read_metrics, run_script
 
 SCRIPTS = ["diffppo.py", "baselines/ppo.py"]
 TINY = ("--num-steps", 256, "--num-minibatches", 4, "--update-epochs", 2)
-
-
-def only_run_dir(tmp_path):
-    (run_dir,) = (tmp_path / "runs").iterdir()
-    return run_dir
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -13,26 +13,6 @@ import torch
 from tests.conftest import load_script
 
 
-@pytest.fixture(scope="module")
-def reppo():
-    return load_script("baselines/reppo.py")
-
-
-@pytest.fixture(scope="module")
-def da_reppo():
-    return load_script("da_mdp_reppo.py")
-
-
-@pytest.fixture(scope="module")
-def wpo():
-    return load_script("baselines/wpo.py")
-
-
-@pytest.fixture(scope="module")
-def diffwpo():
-    return load_script("diffwpo.py")
-
-
 def test_hl_gauss_mean_matches_the_target_away_from_the_edges(reppo):
     edges = torch.linspace(-10, 10, 152)
     centres = (edges[1:] + edges[:-1]) / 2

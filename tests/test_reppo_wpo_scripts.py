@@ -11,16 +11,11 @@ import re
 import pytest
 import torch
 
-from tests.conftest import load_script, read_metrics, run_script
+from tests.conftest import load_script, only_run_dir, read_metrics, run_script
 
 DIFFUSION_SCRIPTS = ["da_mdp_reppo.py", "diffwpo.py"]
 SCRIPTS = DIFFUSION_SCRIPTS + ["baselines/reppo.py", "baselines/wpo.py"]
 TINY = ("--num-envs", 4, "--num-steps", 16, "--num-minibatches", 2, "--update-epochs", 2)
-
-
-def only_run_dir(tmp_path):
-    (run_dir,) = (tmp_path / "runs").iterdir()
-    return run_dir
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -9,14 +9,9 @@ import re
 import pytest
 import torch
 
-from tests.conftest import read_metrics, run_script
+from tests.conftest import only_run_dir, read_metrics, run_script
 
 SCRIPTS = ["diffsac.py", "baselines/sac.py"]
-
-
-def only_run_dir(tmp_path):
-    (run_dir,) = (tmp_path / "runs").iterdir()
-    return run_dir
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
