@@ -20,6 +20,7 @@ SAC then runs on the DA-MDP with one kernel step per sample, never back-propagat
                              (x'_0 ~ prior at s' and the current policy runs the whole chain x'_0 -> x'_K)
                    k < K-1:  y = min_i Qbar_i(s, x'_K, K-1) - alpha sum_{j>k} l'_j
                              (the current policy finishes the chain from x_{k+1}; no reward, no discount)
+    critics        Q_i(s, x_{k+1}, k) see tanh(x_{k+1}) (the squashed action at k = K-1, bounded inputs at every k)
     actor loss     E[alpha l_k(theta) - min_i Q_i(s, x_{k+1}(theta), k)],  x_{k+1} ~ q reparameterised
     temperature    loss alpha * stopgrad(H_hat - H_target),  H_hat = H_prior - mean(l_k / P(k)),  H_target = -c A
     H_prior = A/2 log(2 pi e sigma_p^2), the prior's entropy: E[log N(x_0) + sum_k l_k] >= E[log pi], so H_hat is a
@@ -195,7 +196,12 @@ def mlp(in_dim, out_dim, hidden_dim, layer_norm=False):
 
 
 class SoftQNetwork(nn.Module):
-    """Q(s, x_{k+1}, k): the soft value of choosing x_{k+1} at denoising step k (x_K is the pre-tanh action)."""
+    """Q(s, x_{k+1}, k): the soft value of choosing x_{k+1} at denoising step k (x_K is the pre-tanh action).
+
+    Decision (measured, benchmarks/results/README.md): the network sees tanh(x_{k+1}), not x_{k+1}. At k = K-1
+    that is exactly the squashed action; at every k the input stays in [-1, 1], so the actor cannot chase a
+    ReLU critic's linear extrapolation to large |x| (a Hopper run diverged that way at 18k steps).
+    """
 
     def __init__(self, obs_dim, action_dim, hidden_dim, diffusion_steps):
         super().__init__()
@@ -204,7 +210,7 @@ class SoftQNetwork(nn.Module):
 
     def forward(self, obs, x_next, k):
         step = F.one_hot(k, self.diffusion_steps).float()
-        return self.net(torch.cat([obs, x_next, step], -1)).squeeze(-1)
+        return self.net(torch.cat([obs, torch.tanh(x_next), step], -1)).squeeze(-1)
 
 
 class DiffusionPolicy(nn.Module):
