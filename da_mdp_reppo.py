@@ -121,6 +121,8 @@ class Args:
     """sigma_p, the std of the prior x_0 ~ N(0, sigma_p^2 I)"""
     eta_max: float = 1.0
     """upper bound of the learned step sizes eta_k (kernel std at most sqrt(2 eta_max))"""
+    eta_lr: float | None = None
+    """the learning rate of the step sizes eta_k (None: --learning-rate); the multimodal task needs a faster one"""
     tanh_correction: bool = True
     """if toggled, l_{K-1} includes tanh's log-det, so the entropy estimate is of the squashed action, as in SAC"""
     prior_entropy_bonus: bool = True
@@ -158,6 +160,8 @@ def check_args(args):
         return
     if args.diffusion_steps < 1:
         raise SystemExit(f"error: --diffusion-steps must be at least 1, got {args.diffusion_steps}")
+    if args.eta_lr is not None and args.eta_lr <= 0:
+        raise SystemExit(f"error: --eta-lr must be positive, got {args.eta_lr}")
     if args.eta_max <= 0.5:
         raise SystemExit(f"error: --eta-max must exceed 0.5, the first step's initial step size, got {args.eta_max}")
     if min(args.num_envs, args.num_steps, args.num_minibatches, args.update_epochs) < 1:
@@ -467,7 +471,9 @@ if __name__ == "__main__":
         device
     )
     qf = SoftQNetwork(obs_dim, action_dim, args.hidden_dim, args.num_bins, args.value_bound, diffusion_steps).to(device)
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate)
+    eta_lr = args.learning_rate if args.eta_lr is None else args.eta_lr
+    drift_params = [p for name, p in actor.named_parameters() if name != "eta_param"]
+    actor_optimizer = torch.optim.Adam([{"params": drift_params}, {"params": [actor.eta_param], "lr": eta_lr}], lr=args.learning_rate)
     q_optimizer = torch.optim.Adam(qf.parameters(), lr=args.learning_rate)
     log_alpha = torch.tensor(np.log(args.alpha_init), dtype=torch.float32, device=device, requires_grad=True)
     log_beta = torch.tensor(np.log(args.beta_init), dtype=torch.float32, device=device, requires_grad=True)

@@ -119,6 +119,8 @@ class Args:
     """sigma_p, the std of the prior x_0 ~ N(0, sigma_p^2 I) (1, not method.md's 3: measured, see the module docstring)"""
     eta_max: float = 1.0
     """upper bound of the learned step sizes eta_k (kernel std at most sqrt(2 eta_max))"""
+    eta_lr: float | None = None
+    """the learning rate of the step sizes eta_k (None: --learning-rate); the multimodal task needs a faster one"""
     tanh_correction: bool = True
     """if toggled, l_{K-1} includes tanh's log-det, so the entropy bonus is of the squashed action, as in PPO's log pi"""
 
@@ -154,6 +156,8 @@ def check_args(args):
         return
     if args.diffusion_steps < 1:
         raise SystemExit(f"error: --diffusion-steps must be at least 1, got {args.diffusion_steps}")
+    if args.eta_lr is not None and args.eta_lr <= 0:
+        raise SystemExit(f"error: --eta-lr must be positive, got {args.eta_lr}")
     if args.eta_max <= 0.5:
         raise SystemExit(f"error: --eta-max must exceed 0.5, the first step's initial step size, got {args.eta_max}")
     if min(args.num_envs, args.num_steps, args.num_minibatches, args.update_epochs) < 1:
@@ -446,7 +450,9 @@ if __name__ == "__main__":
         device
     )
     critic = ValueNetwork(obs_dim, action_dim, args.hidden_dim, diffusion_steps).to(device)
-    optimizer = torch.optim.Adam(list(actor.parameters()) + list(critic.parameters()), lr=args.learning_rate, eps=1e-5)
+    eta_lr = args.learning_rate if args.eta_lr is None else args.eta_lr
+    other_params = [p for name, p in actor.named_parameters() if name != "eta_param"] + list(critic.parameters())
+    optimizer = torch.optim.Adam([{"params": other_params}, {"params": [actor.eta_param], "lr": eta_lr}], lr=args.learning_rate, eps=1e-5)
     reward_rms = RunningMeanStd().to(device)
 
     # rollout storage, one row per env step; the per-step quantities of the chain have a K axis
@@ -482,7 +488,8 @@ if __name__ == "__main__":
     for iteration in range(1, num_iterations + 1):
         num_steps = args.num_steps + (leftover if iteration == num_iterations else 0)
         if args.anneal_lr:
-            optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / num_iterations) * args.learning_rate
+            frac = 1.0 - (iteration - 1.0) / num_iterations
+            optimizer.param_groups[0]["lr"], optimizer.param_groups[1]["lr"] = frac * args.learning_rate, frac * eta_lr
 
         for step in range(num_steps):
             global_step += N

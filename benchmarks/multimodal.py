@@ -4,14 +4,25 @@ Trains each script on the task (or takes saved checkpoints), samples many action
 from each policy, draws the action histograms over the reward curve (one row per policy, one column
 per heading) and prints the coverage: the share of samples within --near of each optimum.
 
+Coverage bar: with n optima, a policy keeps every mode when each optimum gets at least 1 / (2n) of the
+samples (25% for the double well) in every heading. The default --near is 0.4 / n (0.2 for the double
+well), so a uniform policy scores 0.4 / n per optimum (20%), below the bar; the exact maximum-entropy
+policy pi(a) ~ exp(r(a) / alpha) scores 28-50% (double well) for every alpha <= 0.3.
+
+Each --scripts entry is a script followed by its own flags, quoted as one argument:
+
     python benchmarks/multimodal.py --scripts diffsac.py baselines/sac.py --total-timesteps 20000
+    python benchmarks/multimodal.py --scripts "diffsac.py --prior-std 1" baselines/sac.py
     python benchmarks/multimodal.py --env-id envs.turning_double_well:TurningMultiWell-v0 --scripts diffsac.py
+
+Besides the PNG (--out) it writes the coverage table as markdown next to it (same name, .md).
 """
 
 import argparse
 import importlib.util
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -30,17 +41,18 @@ from benchmarks.run import PAIRS  # noqa: E402
 from envs.turning_double_well import INITIAL_HEADINGS, optima  # noqa: E402
 
 
-def train(script, options):
-    """Trains `script` on the task with --save-model; returns the checkpoint's path."""
+def train(entry, options):
+    """Trains the script of `entry` ("script.py --its --flags") with --save-model; returns the checkpoint's path."""
+    script, *flags = shlex.split(entry)
     command = [sys.executable, str(REPO / script), "--env-id", options.env_id, "--seed", str(options.seed)]
     command += ["--total-timesteps", str(options.total_timesteps), "--save-model"]
     if any(pair.off_policy and script in (pair.diffusion, pair.baseline) for pair in PAIRS):
         command += ["--learning-starts", "1000"]  # on-policy scripts have no warm-up
     command += ["--exp-name", f"multimodal_{Path(script).stem}"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    result = subprocess.run(command + options.script_args, cwd=REPO, env=env, capture_output=True, text=True)
+    result = subprocess.run(command + flags + options.script_args, cwd=REPO, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        raise SystemExit(f"error: training {script} failed: {result.stderr.strip().splitlines()[-1]}")
+        raise SystemExit(f"error: training {entry} failed: {(result.stderr.strip().splitlines() or ['no output'])[-1]}")
     return Path(REPO / re.search(r"model saved to (\S+)", result.stdout).group(1))
 
 
@@ -57,45 +69,68 @@ def sample_actions(script, checkpoint, samples):
     return action.reshape(len(INITIAL_HEADINGS), samples).numpy()
 
 
+def coverage(actions, centres, near):
+    """(heading, optimum) share of each heading's sampled actions (heading, samples) within `near` of each optimum."""
+    return (np.abs(np.asarray(actions)[:, :, None] - np.asarray(centres)) < near).mean(1)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env-id", default="envs.turning_double_well:TurningDoubleWell-v0")
-    parser.add_argument("--scripts", nargs="+", default=["diffsac.py", "baselines/sac.py"])
+    parser.add_argument("--scripts", nargs="+", default=["diffsac.py", "baselines/sac.py"], help='each "script.py [its flags]"')
     parser.add_argument("--checkpoints", nargs="+", type=Path, help="saved model.pt per script, instead of training")
     parser.add_argument("--total-timesteps", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--samples", type=int, default=4000, help="actions sampled per heading")
-    parser.add_argument("--near", type=float, default=0.2, help="a sample within this distance of an optimum covers it")
+    parser.add_argument("--near", type=float, help="a sample within this distance of an optimum covers it (default 0.4 / n)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/multimodal_double_well.png")
-    parser.add_argument("--script-args", nargs=argparse.REMAINDER, default=[], help="extra flags for every script")
+    parser.add_argument("--script-args", nargs=argparse.REMAINDER, default=[], help="extra flags for every script (last)")
     options = parser.parse_args()
     if options.checkpoints and len(options.checkpoints) != len(options.scripts):
         raise SystemExit("error: give one --checkpoints path per script")
+    for entry in options.scripts:
+        if not shlex.split(entry) or not (REPO / shlex.split(entry)[0]).is_file():
+            raise SystemExit(f"error: no such script: {entry!r}")
 
     env = gym.make(options.env_id).unwrapped
     centres = optima(env.num_wells)
+    near = options.near if options.near is not None else 0.4 / env.num_wells
+    bar = 1 / (2 * env.num_wells)
     checkpoints = options.checkpoints or [train(script, options) for script in options.scripts]
     grid = np.linspace(-1, 1, 401)
     fig, axes = plt.subplots(len(options.scripts), 8, figsize=(20, 2.6 * len(options.scripts)), squeeze=False, sharex=True)
-    print(f"coverage: share of {options.samples} samples within {options.near} of each optimum {np.round(centres, 3).tolist()}")
-    for row, (script, checkpoint) in enumerate(zip(options.scripts, checkpoints, strict=True)):
+    print(f"coverage: share of {options.samples} samples within {near:.3g} of each optimum {np.round(centres, 3).tolist()}")
+    print(f"bar: at least {bar:.1%} per optimum in every heading (a uniform policy scores {near:.1%})")
+    table = [
+        f"`python {shlex.join(sys.argv)}`\n",
+        f"Share of {options.samples} sampled actions within {near:.3g} of each optimum {np.round(centres, 3).tolist()}, "
+        f"per initial heading; bar {bar:.1%} per optimum in every heading (uniform: {near:.1%}).\n",
+        "| policy | " + " | ".join(f"{h * 45} deg" for h in range(8)) + " | minimum | keeps every mode |",
+        "|---|" + "---|" * 10,
+    ]
+    for row, (entry, checkpoint) in enumerate(zip(options.scripts, checkpoints, strict=True)):
+        script = shlex.split(entry)[0]
         actions = sample_actions(script, checkpoint, options.samples)
-        coverage = (np.abs(actions[:, :, None] - centres) < options.near).mean(1)  # (heading, optimum)
-        print(f"{script} ({checkpoint}): minimum over headings and optima {coverage.min():.2f}")
+        shares = coverage(actions, centres, near)  # (heading, optimum)
+        verdict = "yes" if shares.min() >= bar else "no"
+        print(f"{entry} ({checkpoint}): minimum over headings and optima {shares.min():.1%}, keeps every mode: {verdict}")
+        cells = ["/".join(f"{100 * c:.0f}" for c in shares[h]) for h in range(8)]
+        table.append(f"| {entry} | " + " | ".join(cells) + f" | {shares.min():.1%} | {verdict} |")
         for heading, ax in enumerate(axes[row]):
             ax.hist(actions[heading], bins=80, range=(-1, 1), density=True, color="tab:blue")
             reward_ax = ax.twinx()
             reward_ax.plot(grid, [env.reward(a) for a in grid], color="tab:red")
             reward_ax.set_ylim(0, 1.05)
             reward_ax.set_yticks([])
-            ax.set_title(f"{heading * 45} deg: " + " / ".join(f"{c:.0%}" for c in coverage[heading]), fontsize=9)
-            print(f"  heading {heading * 45:3d} deg: " + "  ".join(f"{c:5.1%}" for c in coverage[heading]))
-        axes[row, 0].set_ylabel(Path(script).stem)
+            ax.set_title(f"{heading * 45} deg: " + " / ".join(f"{c:.0%}" for c in shares[heading]), fontsize=9)
+            print(f"  heading {heading * 45:3d} deg: " + "  ".join(f"{c:5.1%}" for c in shares[heading]))
+        axes[row, 0].set_ylabel(entry.replace(" --", "\n--"), fontsize=8)
     fig.suptitle(f"{options.env_id}: sampled actions (blue) over the reward (red), per initial heading")
     fig.tight_layout()
     options.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(options.out, dpi=100)
-    print(f"wrote {options.out}")
+    options.out.with_suffix(".md").write_text("\n".join(table) + "\n")
+    print(f"wrote {options.out} and {options.out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

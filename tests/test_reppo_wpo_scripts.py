@@ -102,6 +102,7 @@ def test_diffusion_scripts_reject_bad_chain_settings(script):
     for fields, message in [
         ({"diffusion_steps": 0}, "error: --diffusion-steps must be at least 1, got 0"),
         ({"eta_max": 0.4}, "error: --eta-max must exceed 0.5, the first step's initial step size, got 0.4"),
+        ({"eta_lr": 0.0}, "error: --eta-lr must be positive, got 0.0"),
     ]:
         with pytest.raises(SystemExit) as stop:
             module.check_args(module.Args(**fields))

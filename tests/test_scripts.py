@@ -95,9 +95,31 @@ def test_bad_input_exits_with_one_clear_line(script, args, message, tmp_path):
         (["--diffusion-steps", 0], "error: --diffusion-steps must be at least 1, got 0"),
         (["--eta-max", 0.4], "error: --eta-max must exceed 0.5, the first step's initial step size, got 0.4"),
         (["--last-step-share", 1.0], "error: --last-step-share must lie strictly between 0 and 1, got 1.0"),
+        (["--eta-lr", 0], "error: --eta-lr must be positive, got 0.0"),
     ],
 )
 def test_diffsac_rejects_bad_chain_settings(args, message, tmp_path):
     result = run_script("diffsac.py", *args, cwd=tmp_path)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == message
+
+
+def test_diffsac_step_sizes_have_their_own_learning_rate(tmp_path):
+    """--eta-lr drives eta_k alone: fast eta with a frozen drift, then frozen eta with a fast drift (Adam moves each
+    parameter by about its learning rate per update, 200 updates here)."""
+    moved = {}
+    for name, policy_lr, eta_lr in [("fast_eta", 1e-7, 0.02), ("slow_eta", 0.02, 1e-7)]:
+        result = run_script(
+            "diffsac.py",
+            *("--env-id", "envs.turning_double_well:TurningDoubleWell-v0", "--total-timesteps", 1200, "--learning-starts", 1000),
+            *("--batch-size", 32, "--hidden-dim", 32, "--eval-episodes", 1, "--save-model", "--exp-name", name),
+            *("--policy-lr", policy_lr, "--eta-lr", eta_lr),
+            cwd=tmp_path,
+        )
+        assert result.returncode == 0, result.stderr
+        checkpoint = torch.load(next(tmp_path.glob(f"runs/*{name}*/model.pt")), weights_only=False)
+        initial = torch.logit(0.5 * (0.17 + 0.83 * (8 - torch.arange(8.0)) / 8))[:, None]  # eta_k = 0.5 sched(k), eta_max 1
+        drift = checkpoint["actor"]["net.6.weight"]  # the drift network's last layer starts at zero
+        moved[name] = ((checkpoint["actor"]["eta_param"] - initial).abs().max().item(), drift.abs().max().item())
+    assert moved["fast_eta"][0] > 0.3 and moved["fast_eta"][1] < 1e-4
+    assert moved["slow_eta"][0] < 1e-3 and moved["slow_eta"][1] > 0.05

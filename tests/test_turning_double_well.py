@@ -82,3 +82,29 @@ def test_diffsac_trains_on_the_task_through_its_env_id_alone(tmp_path):
     returns = [row["charts/episodic_return"] for row in rows if "charts/episodic_return" in row]
     assert len(returns) == 12 and all(0 <= value <= 100 for value in returns)
     assert [row["charts/episodic_length"] for row in rows if "charts/episodic_length" in row] == [100] * 12
+
+
+def test_coverage_counts_samples_near_each_optimum():
+    from benchmarks.multimodal import coverage
+
+    actions = np.array([[-0.5, -0.35, 0.45, 0.0], [0.69, 0.71, -0.9, 0.5]])  # two headings, four samples each
+    np.testing.assert_allclose(coverage(actions, [-0.5, 0.5], 0.2), [[0.5, 0.25], [0.0, 0.5]])
+
+
+@pytest.mark.parametrize("num_wells", [2, 3])
+def test_coverage_bar_passes_the_max_entropy_policy_and_fails_uniform_and_one_mode(num_wells):
+    """benchmarks/multimodal.py's bar (1 / 2n per optimum within 0.4 / n) is met by samples of the exact maximum-entropy
+    policy pi(a) ~ exp(r(a) / alpha), and missed by a uniform policy and by one that keeps a single mode."""
+    from benchmarks.multimodal import coverage
+    from envs.turning_double_well import optima
+
+    rng = np.random.default_rng(0)
+    grid = np.linspace(-1, 1, 20_001)
+    reward = double_well_reward(grid) if num_wells == 2 else multi_well_reward(grid, num_wells)
+    centres, near, bar = optima(num_wells), 0.4 / num_wells, 1 / (2 * num_wells)
+    max_entropy = np.exp((reward - reward.max()) / 0.05)
+    samples = rng.choice(grid, size=(8, 20_000), p=max_entropy / max_entropy.sum())
+    assert coverage(samples, centres, near).min() >= bar
+    assert coverage(rng.uniform(-1, 1, (8, 20_000)), centres, near).min() < bar
+    one_mode = rng.normal(centres[-1], 0.05, (8, 20_000))
+    assert coverage(one_mode, centres, near).min() < bar
