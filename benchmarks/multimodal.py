@@ -54,7 +54,7 @@ DEFAULT_SCRIPTS = [
 
 def train(entry, options):
     """Trains the script of `entry` ("script.py --its --flags") with --save-model; returns the checkpoint's path."""
-    script, *flags = shlex.split(entry)
+    script, *flags = entry
     command = [sys.executable, str(REPO / script), "--env-id", options.env_id, "--seed", str(options.seed)]
     command += ["--total-timesteps", str(options.total_timesteps), "--save-model"]
     if any(pair.off_policy and script in (pair.diffusion, pair.baseline) for pair in PAIRS):
@@ -63,7 +63,7 @@ def train(entry, options):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     result = subprocess.run(command + flags + options.script_args, cwd=REPO, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        raise SystemExit(f"error: training {entry} failed: {(result.stderr.strip().splitlines() or ['no output'])[-1]}")
+        raise SystemExit(f"error: training {shlex.join(entry)} failed: {(result.stderr.strip().splitlines() or ['no output'])[-1]}")
     return Path(REPO / re.search(r"model saved to (\S+)", result.stdout).group(1))
 
 
@@ -99,15 +99,16 @@ def main():
     options = parser.parse_args()
     if options.checkpoints and len(options.checkpoints) != len(options.scripts):
         raise SystemExit("error: give one --checkpoints path per script")
-    for entry in options.scripts:
-        if not shlex.split(entry) or not (REPO / shlex.split(entry)[0]).is_file():
-            raise SystemExit(f"error: no such script: {entry!r}")
+    entries = [shlex.split(entry) for entry in options.scripts]  # [script, its flags...] each
+    for entry, text in zip(entries, options.scripts, strict=True):
+        if not entry or not (REPO / entry[0]).is_file():
+            raise SystemExit(f"error: no such script: {text!r}")
 
     env = gym.make(options.env_id).unwrapped
     centres = optima(env.num_wells)
     near = options.near if options.near is not None else 0.4 / env.num_wells
     bar = 1 / (2 * env.num_wells)
-    checkpoints = options.checkpoints or [train(script, options) for script in options.scripts]
+    checkpoints = options.checkpoints or [train(entry, options) for entry in entries]
     grid = np.linspace(-1, 1, 401)
     fig, axes = plt.subplots(len(options.scripts), 8, figsize=(20, 2.6 * len(options.scripts)), squeeze=False, sharex=True)
     print(f"coverage: share of {options.samples} samples within {near:.3g} of each optimum {np.round(centres, 3).tolist()}")
@@ -120,8 +121,7 @@ def main():
         "|---|" + "---|" * 10,
     ]
     for row, (entry, checkpoint) in enumerate(zip(options.scripts, checkpoints, strict=True)):
-        script = shlex.split(entry)[0]
-        actions = sample_actions(script, checkpoint, options.samples)
+        actions = sample_actions(shlex.split(entry)[0], checkpoint, options.samples)
         shares = coverage(actions, centres, near)  # (heading, optimum)
         verdict = "yes" if shares.min() >= bar else "no"
         print(f"{entry} ({checkpoint}): minimum over headings and optima {shares.min():.1%}, keeps every mode: {verdict}")

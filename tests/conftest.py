@@ -19,44 +19,20 @@ def load_script(relative_path):
     return module
 
 
-@pytest.fixture(scope="session")
-def diffsac():
-    return load_script("diffsac.py")
+def script_fixture(relative_path):
+    """A session-wide fixture holding the loaded module of one algorithm script."""
+
+    @pytest.fixture(scope="session")
+    def fixture():
+        return load_script(relative_path)
+
+    return fixture
 
 
-@pytest.fixture(scope="session")
-def sac():
-    return load_script("baselines/sac.py")
-
-
-@pytest.fixture(scope="session")
-def diffppo():
-    return load_script("diffppo.py")
-
-
-@pytest.fixture(scope="session")
-def ppo():
-    return load_script("baselines/ppo.py")
-
-
-@pytest.fixture(scope="session")
-def da_reppo():
-    return load_script("da_mdp_reppo.py")
-
-
-@pytest.fixture(scope="session")
-def reppo():
-    return load_script("baselines/reppo.py")
-
-
-@pytest.fixture(scope="session")
-def diffwpo():
-    return load_script("diffwpo.py")
-
-
-@pytest.fixture(scope="session")
-def wpo():
-    return load_script("baselines/wpo.py")
+diffsac, sac = script_fixture("diffsac.py"), script_fixture("baselines/sac.py")
+diffppo, ppo = script_fixture("diffppo.py"), script_fixture("baselines/ppo.py")
+da_reppo, reppo = script_fixture("da_mdp_reppo.py"), script_fixture("baselines/reppo.py")
+diffwpo, wpo = script_fixture("diffwpo.py"), script_fixture("baselines/wpo.py")
 
 
 def run_script(script, *args, cwd, timeout=300):
