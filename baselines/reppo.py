@@ -376,6 +376,13 @@ if __name__ == "__main__":
 
     run_name = f"{args.env_id.replace(':', '_').replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = os.path.join("runs", run_name)
+    for copy in range(2, 1000):  # a run started in the same second under the same name gets its own folder, name_2...
+        try:
+            os.makedirs(run_dir)
+            break
+        except FileExistsError:
+            run_dir = os.path.join("runs", f"{run_name}_{copy}")
+    run_name = os.path.basename(run_dir)
     writer = SummaryWriter(run_dir)
     if args.track:
         import wandb
