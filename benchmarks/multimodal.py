@@ -120,8 +120,8 @@ def main():
         "| policy | " + " | ".join(f"{h * 45} deg" for h in range(8)) + " | minimum | keeps every mode |",
         "|---|" + "---|" * 10,
     ]
-    for row, (entry, checkpoint) in enumerate(zip(options.scripts, checkpoints, strict=True)):
-        actions = sample_actions(shlex.split(entry)[0], checkpoint, options.samples)
+    for row, (entry, (script, *_), checkpoint) in enumerate(zip(options.scripts, entries, checkpoints, strict=True)):
+        actions = sample_actions(script, checkpoint, options.samples)
         shares = coverage(actions, centres, near)  # (heading, optimum)
         verdict = "yes" if shares.min() >= bar else "no"
         print(f"{entry} ({checkpoint}): minimum over headings and optima {shares.min():.1%}, keeps every mode: {verdict}")
