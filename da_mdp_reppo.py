@@ -110,15 +110,15 @@ class Args:
     autotune: bool = True
     """if toggled, alpha is tuned towards the entropy target"""
     target_entropy_scale: float = 3.0
-    """c in H_target = -c * action_dim for -K mean(l_k); 3 makes the bonus alpha (H_p - c A) per env step the twin's -0.5 alpha A"""
+    """c in H_target = -c * action_dim for -K mean(l_k); the bonus at the target is alpha (H_p - c A) per env step (c = 2: no better)"""
     kl_bound: float = 0.1
     """per-sample trust region: K * KL(q_old || q) above it switches the sample's loss to beta * KL"""
     beta_init: float = 0.3
     """initial KL Lagrange multiplier beta"""
     diffusion_steps: int = 8
     """K, the number of denoising steps of the chain"""
-    prior_std: float = 3.0
-    """sigma_p, the std of the prior x_0 ~ N(0, sigma_p^2 I)"""
+    prior_std: float = 1.0
+    """sigma_p, the std of the prior x_0 ~ N(0, sigma_p^2 I); 1, not method.md's 3, which saturates actions and pins the critic (README)"""
     eta_max: float = 1.0
     """upper bound of the learned step sizes eta_k (kernel std at most sqrt(2 eta_max))"""
     eta_lr: float | None = None
