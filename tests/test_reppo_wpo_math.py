@@ -258,3 +258,23 @@ def test_running_normalisers_match_batch_statistics(reppo):
     returns.update(np.array([1.0, 1.0]), np.array([False, False]))
     seen = np.array([1.0, 2.0, 1.5, 1.0])  # discounted returns; env 1 restarted after its episode ended
     assert returns.scale() == pytest.approx(seen.std(), rel=1e-3)
+
+
+@pytest.mark.parametrize("script", ["da_reppo", "diffwpo"])
+def test_default_prior_keeps_initial_actions_off_the_bounds(script, request):
+    """With the default prior std (1) under 2% of the untrained chain's action coordinates sit at the bounds (|a| > 0.99).
+
+    Prior std 3 puts 38% there (P(|N(0, 9)| > 2.65)); on HalfCheetah that pinned the critic at -value_bound.
+    """
+    module = request.getfixturevalue(script)
+    args = module.Args()
+    torch.manual_seed(0)
+    saturated = {}
+    for prior_std in (args.prior_std, 3.0):
+        actor = module.DiffusionPolicy(17, 6, 32, args.diffusion_steps, prior_std, args.eta_max, args.tanh_correction)
+        with torch.no_grad():
+            actions, _ = actor.sample(torch.randn(2000, 17))
+        saturated[prior_std] = (actions.abs() > 0.99).float().mean().item()
+    assert args.prior_std == 1.0
+    assert saturated[args.prior_std] < 0.02
+    assert saturated[3.0] == pytest.approx(0.38, abs=0.03)
