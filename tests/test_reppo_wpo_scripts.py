@@ -43,7 +43,7 @@ def test_trains_logs_saves_and_reloads(script, tmp_path):
     assert all(math.isfinite(row["losses/qf_loss"]) and math.isfinite(row["losses/actor_loss"]) for row in losses)
     assert all(0 <= row["losses/kl_clip_fraction"] <= 1 and row["losses/kl"] >= 0 for row in losses)
     checkpoint = torch.load(run_dir / "model.pt", weights_only=False)
-    assert abs(checkpoint["log_alpha"].item() - math.log(0.01)) > 1e-4
+    assert abs(checkpoint["log_alpha"].item() - math.log(checkpoint["args"]["alpha_init"])) > 1e-4
     assert abs(checkpoint["log_beta"].item() - math.log(0.3)) > 1e-4
     # observation statistics are saved with the policy: the normaliser saw 128 observations
     assert checkpoint["actor"]["obs_norm.count"].item() == pytest.approx(128, abs=0.01)
