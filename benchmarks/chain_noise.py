@@ -1,0 +1,112 @@
+"""How noisy is a trained diffusion policy, and which denoising step the noise comes from.
+
+For states visited by the policy, the chain is run `--samples` times per state and the spread of x_K given s
+is measured three ways: with all noise, with kernel noise only (x_0 = 0) and with prior noise only (every step
+takes its kernel mean). Then, for each step j, with the noise of step j alone: a step whose noise the later
+steps' drift contracts adds little; the twin's counterpart is its std (policy/std in PPO's logs).
+
+    python diffwpo.py --env-id HalfCheetah-v5 --total-timesteps 131072 --save-model
+    python benchmarks/chain_noise.py --script diffwpo.py --checkpoint runs/RUN/model.pt
+
+std(x_K|s) is in pre-tanh units, averaged over states and action dims; std(tanh|s) is the same in [-1, 1].
+"""
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+
+def load_script(path):
+    """Imports a diffusion script as a module (its training code runs only under __main__)."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def normalize(actor, obs):
+    """The script's own observation normalisation: obs_norm (DA-MDP REPPO, DiffWPO), obs_rms (DiffPPO) or none (DiffSAC)."""
+    if hasattr(actor, "obs_norm"):
+        return actor.obs_norm(obs)
+    if hasattr(actor, "obs_rms"):
+        return actor.obs_rms.normalize(obs)
+    return obs
+
+
+@torch.no_grad()
+def chain_end(actor, obs_norm, samples, prior_noise=True, kernel_noise=True, only_step=None):
+    """x_K for `samples` chains per normalised state, shape (S, samples, A).
+
+    prior_noise: x_0 ~ N(0, sigma_p^2) (else 0); kernel_noise: every step samples its kernel (else takes the mean);
+    only_step=j: only step j samples (overrides kernel_noise).
+    """
+    obs = obs_norm.repeat_interleave(samples, 0)
+    x = torch.zeros(len(obs), actor.action_dim)
+    if prior_noise:
+        x = actor.prior_std * torch.randn_like(x)
+    for k in range(actor.diffusion_steps):
+        mean, std = actor.kernel(obs, x, torch.full((len(obs),), k, dtype=torch.long))
+        noisy = (k == only_step) if only_step is not None else kernel_noise
+        x = mean + std * torch.randn_like(mean) if noisy else mean
+    return x.view(len(obs_norm), samples, -1)
+
+
+def spread(x):
+    """Mean over states and dims of the std over samples, in pre-tanh and tanh units; the saturated fraction."""
+    return x.std(1).mean().item(), x.tanh().std(1).mean().item(), (x.tanh().abs() > 0.99).float().mean().item()
+
+
+def visited_states(actor, module, env_id, steps, every, seed):
+    """Raw observations from one stochastic run of the policy, one every `every` env steps."""
+    env = gym.make(env_id)
+    obs, _ = env.reset(seed=seed)
+    states = []
+    with torch.no_grad():
+        for t in range(steps):
+            if t % every == 0:
+                states.append(obs)
+            action, _ = actor.sample(torch.as_tensor(obs, dtype=torch.float32)[None])  # every script's sample takes raw observations
+            obs, _, terminated, truncated, _ = env.step(module.to_env(action.numpy()[0], env.action_space))
+            if terminated or truncated:
+                obs, _ = env.reset()
+    env.close()
+    return torch.as_tensor(np.array(states), dtype=torch.float32)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--script", required=True, help="the diffusion script that wrote the checkpoint, e.g. diffwpo.py")
+    parser.add_argument("--checkpoint", required=True, help="model.pt written by --save-model")
+    parser.add_argument("--env-steps", type=int, default=400, help="env steps of the run that collects states")
+    parser.add_argument("--every", type=int, default=8, help="keep one state every this many env steps")
+    parser.add_argument("--samples", type=int, default=64, help="chains per state")
+    parser.add_argument("--seed", type=int, default=5)
+    options = parser.parse_args()
+    for name in ("script", "checkpoint"):
+        if not Path(getattr(options, name)).is_file():
+            raise SystemExit(f"error: --{name} {getattr(options, name)} is not a file")
+    if min(options.env_steps, options.every) < 1 or options.samples < 2:
+        raise SystemExit("error: --env-steps and --every must be at least 1, --samples at least 2")
+
+    torch.manual_seed(options.seed)
+    module = load_script(options.script)
+    actor, saved = module.load_actor(options.checkpoint, "cpu")
+    obs_norm = normalize(actor, visited_states(actor, module, saved.env_id, options.env_steps, options.every, options.seed))
+    print(f"{saved.env_id}, {len(obs_norm)} states x {options.samples} chains, K = {actor.diffusion_steps}")
+    print("| noise | std(x_K given s) | std(tanh given s) | saturated |\n|---|---|---|---|")
+    for name, prior, kernel in [("all", True, True), ("kernel only (x_0 = 0)", False, True), ("prior only", True, False)]:
+        print("| {} | {:.3f} | {:.3f} | {:.1%} |".format(name, *spread(chain_end(actor, obs_norm, options.samples, prior, kernel))))
+    eta = actor.eta().mean(-1)
+    print("\n| step j | eta_j | kernel std sqrt(2 eta_j) | std(x_K given s), step j's noise alone |\n|---|---|---|---|")
+    for j in range(actor.diffusion_steps):
+        alone = spread(chain_end(actor, obs_norm, options.samples, False, False, only_step=j))[0]
+        print(f"| {j} | {eta[j]:.3f} | {torch.sqrt(2 * eta[j]):.3f} | {alone:.3f} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""benchmarks/chain_noise.py: on an untrained chain (drift u = 0) the spreads have closed forms."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import chain_noise
+from tests.conftest import REPO
+
+
+@pytest.mark.parametrize("script", ["diffwpo.py", "diffppo.py"])
+def test_spreads_of_the_untrained_chain_match_the_closed_form(script):
+    module = chain_noise.load_script(REPO / script)
+    torch.manual_seed(0)
+    prior_std, K = 1.5, 4
+    actor = module.DiffusionPolicy(3, 2, 16, K, prior_std, 1.0, True)
+    obs = torch.randn(5, 3)
+    # u = 0 at init, so x_{k+1} = (1 - eta_k / sigma_p^2) x_k + sqrt(2 eta_k) xi: a linear Gaussian chain
+    eta = actor.eta().detach().mean(-1).numpy()
+    shrink = 1 - eta / prior_std**2
+    prior_only = chain_noise.spread(chain_noise.chain_end(actor, obs, 4000, prior_noise=True, kernel_noise=False))[0]
+    assert prior_only == pytest.approx(prior_std * shrink.prod(), rel=0.03)
+    for j in range(K):
+        alone = chain_noise.spread(chain_noise.chain_end(actor, obs, 4000, prior_noise=False, kernel_noise=False, only_step=j))[0]
+        assert alone == pytest.approx(np.sqrt(2 * eta[j]) * shrink[j + 1 :].prod(), rel=0.03)
+    # independent noises add in variance
+    total = chain_noise.spread(chain_noise.chain_end(actor, obs, 4000))[0]
+    variance = (prior_std * shrink.prod()) ** 2 + sum(2 * eta[j] * shrink[j + 1 :].prod() ** 2 for j in range(K))
+    assert total == pytest.approx(np.sqrt(variance), rel=0.03)
+    # no noise at all: every chain of a state ends at the same point
+    assert chain_noise.spread(chain_noise.chain_end(actor, obs, 8, prior_noise=False, kernel_noise=False))[0] == 0
+
+
+def test_missing_checkpoint_is_a_one_line_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "benchmarks/chain_noise.py", "--script", "diffwpo.py", "--checkpoint", str(tmp_path / "none.pt")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip() == f"error: --checkpoint {tmp_path / 'none.pt'} is not a file"
