@@ -110,7 +110,7 @@ class Args:
     value_bound: float = 10.0
     """the critic's bins span [-value_bound, value_bound], in units of the running std of the discounted return"""
     alpha_init: float = 0.001
-    """initial entropy temperature alpha; 0.001, near where the tuned alpha settles on MuJoCo (0.01 left HalfCheetah's chain too noisy for 100k+ steps)"""
+    """initial entropy temperature alpha; 0.001 is near where it settles on MuJoCo (0.01: noisy chain for 100k+ steps)"""
     autotune: bool = True
     """if toggled, alpha is tuned towards the entropy target"""
     target_entropy_scale: float = 3.0
