@@ -112,7 +112,9 @@ class Args:
     normalize_reward: bool = True
     """if toggled, rewards are divided by the running std of the discounted return (clipped to [-10, 10])"""
     hidden_dim: int = 64
-    """width of the hidden layers of every network"""
+    """width of the hidden layers of the policy network u(s, x_k, k)"""
+    critic_hidden_dim: int = 256
+    """width of the hidden layers of the value network V(s, x_k, k) (256, not PPO's 64: measured, see the module docstring)"""
     diffusion_steps: int = 8
     """K, the number of denoising steps of the chain"""
     prior_std: float = 1.0
@@ -160,6 +162,8 @@ def check_args(args):
         raise SystemExit(f"error: --eta-lr must be positive, got {args.eta_lr}")
     if args.eta_max <= 0.5:
         raise SystemExit(f"error: --eta-max must exceed 0.5, the first step's initial step size, got {args.eta_max}")
+    if min(args.hidden_dim, args.critic_hidden_dim) < 1:
+        raise SystemExit(f"error: --hidden-dim and --critic-hidden-dim must be at least 1, got {args.hidden_dim} and {args.critic_hidden_dim}")
     if min(args.num_envs, args.num_steps, args.num_minibatches, args.update_epochs) < 1:
         raise SystemExit("error: --num-envs, --num-steps, --num-minibatches and --update-epochs must be at least 1")
     if 2 * args.num_minibatches > args.num_steps * args.num_envs:
@@ -456,7 +460,7 @@ if __name__ == "__main__":
     actor = DiffusionPolicy(obs_dim, action_dim, args.hidden_dim, diffusion_steps, args.prior_std, args.eta_max, args.tanh_correction).to(
         device
     )
-    critic = ValueNetwork(obs_dim, action_dim, args.hidden_dim, diffusion_steps).to(device)
+    critic = ValueNetwork(obs_dim, action_dim, args.critic_hidden_dim, diffusion_steps).to(device)
     eta_lr = args.learning_rate if args.eta_lr is None else args.eta_lr
     other_params = [p for name, p in actor.named_parameters() if name != "eta_param"] + list(critic.parameters())
     optimizer = torch.optim.Adam([{"params": other_params}, {"params": [actor.eta_param], "lr": eta_lr}], lr=args.learning_rate, eps=1e-5)
