@@ -24,10 +24,9 @@ PPO then runs on the DA-MDP: a rollout of T env steps is T*K DA steps j = t*K + 
 Decision (measured): sigma_p = 1, not method.md's 3. Under tanh, std 3 saturates 38% of the initial action
 coordinates and PPO's small bonus does not undo it (Hopper-v5 eval return, seeds 1 / 2: 311 / 303 at 49k env
 steps, 33 / 57 at 8k; with sigma_p = 1: 337 / 340 and 122 / 108). The Gaussian twin starts at std 1 too.
-Decision (measured): V(s, x_k, k) is 256 wide (--critic-hidden-dim), the policy 64 wide as PPO's. The value of a
-DA state depends on x_k too (at k = K-1 it is nearly Q(s, a)), which PPO's V(s) never has to represent. HalfCheetah-v5,
-seed 1, mean training return at 131k / 196k env steps: 252 / 544 with a 64-wide V, 687 / 1,024 with 256 (PPO, 3 seeds:
-358-658 / 882-1,053); both networks 256 wide: 602 / 955, and slower.
+Decision (measured): V(s, x_k, k) is 256 wide (--critic-hidden-dim), the policy 64 wide, as in the twin. The value
+of a DA state depends on x_k too (at k = K-1 it is nearly Q(s, a)). HalfCheetah-v5, seed 1, mean training return at
+196k / 393k env steps: 544 / 919 with a 64-wide V, 1,211 / 2,446 with 256; both networks 256 wide: 955 at 196k, and slower.
 Minibatches mix all T*K DA steps. A truncated env step adds gamma V(final observation, x_0 ~ prior, 0)
 to its reward and ends the trace. Observation statistics live inside the policy (saved with it;
 evaluation does not update them), rewards are scaled by the running std of the discounted return.

@@ -1,8 +1,8 @@
 """PPO: Proximal Policy Optimization with a tanh-Gaussian policy, the Gaussian twin of diffppo.py.
 
-CleanRL's ppo_continuous_action.py (same hyper-parameters), with three changes shared by diffppo.py:
-a tanh-squashed Gaussian, truncated episodes bootstrapped from their final observation, and the
-entropy bonus in the reward (maximum-entropy RL) instead of in the loss:
+CleanRL's ppo_continuous_action.py (same hyper-parameters), with four changes shared by diffppo.py:
+a tanh-squashed Gaussian, truncated episodes bootstrapped from their final observation, the
+entropy bonus in the reward (maximum-entropy RL) instead of in the loss, and a 256-wide value network:
 
     x ~ N(mu(s), sigma^2),  sigma state-independent,  a = low + (tanh(x) + 1) / 2 * (high - low)
     log pi(a|s) = log N(x; mu, sigma) - sum_d log(1 - tanh(x_d)^2)
@@ -14,6 +14,11 @@ entropy bonus in the reward (maximum-entropy RL) instead of in the loss:
 A truncated step adds gamma V(final observation) to its reward and ends the trace. Observations are
 normalised by running statistics kept inside the policy (saved with it; evaluation does not update
 them), rewards by the running std of the discounted return.
+
+Decision (measured): V(s) is 256 wide (--critic-hidden-dim), the policy 64 wide as CleanRL's, the same widths
+as diffppo.py, which needs the wider V most (its V(s, x_k, k) also depends on x_k). PPO gains from it too:
+HalfCheetah-v5, seed 1, mean training return at 262k / 393k env steps 1,972 / 2,731, against 1,466-1,507 /
+2,140-2,338 with a 64-wide V (3 seeds).
 
 `diff baselines/ppo.py diffppo.py` shows exactly what changes when the Gaussian becomes a diffusion chain.
 
@@ -99,7 +104,9 @@ class Args:
     normalize_reward: bool = True
     """if toggled, rewards are divided by the running std of the discounted return (clipped to [-10, 10])"""
     hidden_dim: int = 64
-    """width of the hidden layers of every network"""
+    """width of the hidden layers of the policy network mu(s)"""
+    critic_hidden_dim: int = 256
+    """width of the hidden layers of the value network V(s) (256, not CleanRL's 64: measured, see the module docstring)"""
 
 
 def to_env(squashed_action, space):
@@ -131,6 +138,10 @@ def check_args(args):
     probe.close()
     if args.evaluate_checkpoint is not None:
         return
+    if min(args.hidden_dim, args.critic_hidden_dim) < 1:
+        raise SystemExit(
+            f"error: --hidden-dim and --critic-hidden-dim must be at least 1, got {args.hidden_dim} and {args.critic_hidden_dim}"
+        )
     if min(args.num_envs, args.num_steps, args.num_minibatches, args.update_epochs) < 1:
         raise SystemExit("error: --num-envs, --num-steps, --num-minibatches and --update-epochs must be at least 1")
     if 2 * args.num_minibatches > args.num_steps * args.num_envs:
@@ -357,7 +368,7 @@ if __name__ == "__main__":
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
 
     actor = Actor(obs_dim, action_dim, args.hidden_dim).to(device)
-    critic = ValueNetwork(obs_dim, args.hidden_dim).to(device)
+    critic = ValueNetwork(obs_dim, args.critic_hidden_dim).to(device)
     optimizer = torch.optim.Adam(list(actor.parameters()) + list(critic.parameters()), lr=args.learning_rate, eps=1e-5)
     reward_rms = RunningMeanStd().to(device)
 

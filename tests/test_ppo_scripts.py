@@ -88,6 +88,7 @@ BAD_INPUTS = [
     ({"env_id": "CartPole-v1"}, "only continuous (Box) actions are supported"),
     ({"total_timesteps": 1000}, "error: --total-timesteps 1000 is smaller than one rollout (--num-steps 2048 x --num-envs 1)"),
     ({"num_minibatches": 1500}, "error: --num-minibatches 1500 leaves fewer than 2 of the rollout's 2048 env steps per minibatch"),
+    ({"critic_hidden_dim": 0}, "error: --hidden-dim and --critic-hidden-dim must be at least 1, got 64 and 0"),
 ]
 
 
@@ -107,7 +108,6 @@ def test_check_args_rejects_bad_input(script, fields, message):
         ({"diffusion_steps": 0}, "error: --diffusion-steps must be at least 1, got 0"),
         ({"eta_max": 0.4}, "error: --eta-max must exceed 0.5, the first step's initial step size, got 0.4"),
         ({"eta_lr": -1e-3}, "error: --eta-lr must be positive, got -0.001"),
-        ({"critic_hidden_dim": 0}, "error: --hidden-dim and --critic-hidden-dim must be at least 1, got 64 and 0"),
     ],
 )
 def test_diffppo_rejects_bad_chain_settings(fields, message):
