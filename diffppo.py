@@ -117,7 +117,7 @@ class Args:
     hidden_dim: int = 64
     """width of the hidden layers of the policy network u(s, x_k, k)"""
     critic_hidden_dim: int = 256
-    """width of the hidden layers of the value network V(s, x_k, k) (256, not PPO's 64: measured, see the module docstring)"""
+    """width of the hidden layers of the value network V(s, x_k, k) (256, not CleanRL's 64: measured, see the module docstring)"""
     diffusion_steps: int = 8
     """K, the number of denoising steps of the chain"""
     prior_std: float = 1.0
