@@ -1,30 +1,28 @@
 """DiffSAC: Soft Actor-Critic on the Diffusion-Augmented MDP (arXiv 2512.02019), diffusion policy.
 
-The policy is a K-step denoising chain in pre-tanh space R^A (../shared/method.md, sections 2-4):
+The policy is a K-step denoising chain in pre-tanh space R^A (docs/method.md, sections 2-4):
 
     x_0 ~ N(0, sigma_p^2 I),  q(x_{k+1} | x_k, s, k) = N(x_k + eta_k (-x_k / sigma_p^2 + u(s, x_k, k)), 2 eta_k)
-    a = low + (tanh(x_K) + 1) / 2 * (high - low),   step sizes eta_k in (0, eta_max) learned
+    a = tanh(x_K), mapped to the env's bounds;  step sizes eta_k in (0, eta_max) learned
 
 log pi(a|s) of a chain is intractable. The one idea: make every denoising step a step of an
 augmented MDP (the DA-MDP) with state (s, x_k, k) and action x_{k+1}, env reward and discount only
 at k = K-1, and replace log pi by the per-step log ratio against the noising kernel p:
 
     p(x_k | x_{k+1}) = N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k),   l_k = log q(x_{k+1}|x_k,s,k) - log p(x_k|x_{k+1})
-    l_{K-1} -= sum_d log(1 - tanh(x_K,d)^2)    (tanh correction, as in SAC; --no-tanh-correction drops it)
+    l_{K-1} -= sum_d log(1 - tanh(x_K,d)^2)    (tanh correction, as in SAC)
+    H_hat = H_prior - sum_k l_k  <=  H(pi(.|s)) in expectation,  H_prior = A/2 log(2 pi e sigma_p^2)
 
-SAC then runs on the DA-MDP with one kernel step per sample, never back-propagating through the chain:
+SAC then runs on the DA-MDP, one kernel step per gradient sample, never back-propagating through the
+chain. The buffer holds env transitions (s, a, r, s') as SAC's does; the in-chain transitions cost no
+env step, so each update simulates them: one chain x'_0 -> x'_K of the current policy at the replayed s'
+(K kernel steps without gradient), which also gives the env-step target. A batch row is a DA transition:
 
-    DA transition  an env transition from the replay buffer with its stored chain x_0..x_K, and a step k:
-                   k = K-1 with probability --last-step-share (default 0.5: every target bootstraps Q(., ., K-1)), else uniform over 0..K-2
-    critic target  k = K-1:  y = r + gamma (1 - terminated) [min_i Qbar_i(s', x'_K, K-1) - alpha (sum_j l'_j - H_prior)]
-                             (x'_0 ~ prior at s' and the current policy runs the whole chain x'_0 -> x'_K)
-                   k < K-1:  y = min_i Qbar_i(s, x'_K, K-1) - alpha sum_{j>k} l'_j
-                             (the current policy finishes the chain from x_{k+1}; no reward, no discount)
-    critics        Q_i(s, x_{k+1}, k) see tanh(x_{k+1}) (the squashed action at k = K-1, bounded inputs at every k)
-    actor loss     E[alpha l_k(theta) - min_i Q_i(s, x_{k+1}(theta), k)],  x_{k+1} ~ q reparameterised
-    temperature    loss alpha * stopgrad(H_hat - H_target),  H_hat = H_prior - mean(l_k / P(k)),  H_target = -c A
-    H_prior = A/2 log(2 pi e sigma_p^2), the prior's entropy: E[log N(x_0) + sum_k l_k] >= E[log pi], so H_hat is a
-    lower bound of the action's entropy per env step, in SAC's units
+    k = K-1 (share --last-step-share):  (s, a) -> y = r + gamma (1 - terminated) [min_i Qbar_i(s', a', K-1) + alpha H_hat']
+    k < K-1 (uniform), at s':           (s', x'_{k+1}) -> y = min_i Qbar_i(s', a', K-1) - alpha (l'_{k+1} + ... + l'_{K-1})
+    with a' = tanh(x'_K), H_hat' = H_prior - sum_j l'_j; critics Q_i(s, tanh(x_{k+1}), k)
+    actor loss     E[alpha l_k(theta) - min_i Q_i(s', tanh(x_{k+1}(theta)), k)],  x_{k+1} ~ q(.|x'_k, s', k) reparameterised
+    temperature    loss alpha * stopgrad(H_hat - H_target),  H_target = -c A
 
 `diff baselines/sac.py diffsac.py` shows exactly what changes from SAC.
 
@@ -34,6 +32,7 @@ Run:  python diffsac.py --env-id Hopper-v5 --total-timesteps 100000
 import json
 import os
 import random
+import signal
 import time
 from dataclasses import asdict, dataclass
 
@@ -67,7 +66,7 @@ class Args:
     save_model: bool = False
     """if toggled, the trained model is saved to `runs/{run_name}/model.pt`"""
     evaluate_checkpoint: str | None = None
-    """path of a saved model.pt: evaluate it for `--eval-episodes` episodes instead of training"""
+    """path of a saved model.pt: evaluate it for `--eval-episodes` episodes (on the run's own evaluation seeds) instead of training"""
 
     env_id: str = "Hopper-v5"
     """the id of the gymnasium environment (continuous actions)"""
@@ -99,19 +98,18 @@ class Args:
     """gradient updates per env step"""
     hidden_dim: int = 256
     """width of the hidden layers of every network"""
-    alpha_init: float = 0.1
-    """initial entropy temperature alpha"""
-    autotune: bool = True
-    """if toggled, alpha is tuned towards the entropy target"""
+    alpha_init: float = 0.005
+    """initial entropy temperature alpha; the entropy bound charges transport away from the prior, so
+    alpha sits far below SAC's (see the temperature table in benchmarks/results/README.md)"""
+    autotune: bool = False
+    """if toggled, alpha is tuned towards the entropy target (the bound's looseness grows as the policy learns,
+    so a fixed target drives alpha up)"""
     target_entropy_scale: float = 4.0
-    """c in the entropy target H_target = -c * action_dim of the chain's entropy bound H_prior - K mean(l_k)
-    (the bound is loose by several nats: with c = 2.5 alpha ran away on Hopper, see benchmarks/results/README.md)"""
+    """c in the entropy target H_target = -c * action_dim of the chain's entropy bound H_hat, with --autotune"""
     diffusion_steps: int = 8
     """K, the number of denoising steps of the chain"""
     prior_std: float = 3.0
     """sigma_p, the std of the prior x_0 ~ N(0, sigma_p^2 I)"""
-    chain_targets: bool = True
-    """if toggled, in-chain critic targets finish the chain to x_K (method.md section 7); else bootstrap one DA step"""
     last_step_share: float | None = 0.5
     """share of each batch's DA transitions at the env step k = K-1, the rest uniform below; None: k uniform"""
     eta_max: float = 1.0
@@ -149,8 +147,18 @@ def check_args(args):
             f"error: --env-id {args.env_id!r} has action space {probe.action_space}; only continuous (Box) actions are supported"
         )
     probe.close()
+    if not 0 <= args.seed < 2**31:
+        raise SystemExit(f"error: --seed must lie in [0, 2**31), got {args.seed}")
+    if args.eval_episodes < 1:
+        raise SystemExit(f"error: --eval-episodes must be at least 1, got {args.eval_episodes}")
     if args.evaluate_checkpoint is not None:
         return
+    for name in "total_timesteps eval_frequency buffer_size batch_size policy_lr q_lr hidden_dim alpha_init prior_std".split():
+        if not getattr(args, name) > 0:  # also rejects NaN
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in "gamma tau".split():
+        if not 0 <= getattr(args, name) <= 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must lie in [0, 1], got {getattr(args, name)}")
     if args.diffusion_steps < 1:
         raise SystemExit(f"error: --diffusion-steps must be at least 1, got {args.diffusion_steps}")
     if args.last_step_share is not None and not 0 < args.last_step_share < 1:
@@ -201,11 +209,10 @@ def mlp(in_dim, out_dim, hidden_dim, layer_norm=False):
 
 
 class SoftQNetwork(nn.Module):
-    """Q(s, x_{k+1}, k): the soft value of choosing x_{k+1} at denoising step k (x_K is the pre-tanh action).
+    """Q(s, a, k): the soft value of choosing x_{k+1} at denoising step k, seen as a = tanh(x_{k+1}) in [-1, 1]^A.
 
-    Decision (measured, benchmarks/results/README.md): the network sees tanh(x_{k+1}), not x_{k+1}. At k = K-1
-    that is exactly the squashed action; at every k the input stays in [-1, 1], so the actor cannot chase a
-    ReLU critic's linear extrapolation to large |x| (a Hopper run diverged that way at 18k steps).
+    At k = K-1 that is the env's squashed action, as in SAC; bounded inputs at every k keep the actor from
+    chasing a ReLU critic's linear extrapolation to large |x|.
     """
 
     def __init__(self, obs_dim, action_dim, hidden_dim, diffusion_steps):
@@ -213,9 +220,9 @@ class SoftQNetwork(nn.Module):
         self.diffusion_steps = diffusion_steps
         self.net = mlp(obs_dim + action_dim + diffusion_steps, 1, hidden_dim, layer_norm=True)
 
-    def forward(self, obs, x_next, k):
+    def forward(self, obs, action, k):
         step = F.one_hot(k, self.diffusion_steps).float()
-        return self.net(torch.cat([obs, torch.tanh(x_next), step], -1)).squeeze(-1)
+        return self.net(torch.cat([obs, action, step], -1)).squeeze(-1)
 
 
 class DiffusionPolicy(nn.Module):
@@ -229,8 +236,8 @@ class DiffusionPolicy(nn.Module):
         # u starts at zero: the initial chain is an Ornstein-Uhlenbeck chain that keeps x ~ N(0, sigma_p^2)
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
-        # eta_k = 0.5 * sched(k), sched(k) = 0.17 + 0.83 (K - k) / K, learned per (step, dim) in (0, eta_max):
-        # unbounded (softplus) step sizes kept growing on Hopper until the critic diverged
+        # eta_k = 0.5 * sched(k), sched(k) = 0.17 + 0.83 (K - k) / K, learned per (step, dim); bounded by eta_max,
+        # since nothing else stops the entropy bonus from growing them until the critic diverges
         steps = torch.arange(diffusion_steps, dtype=torch.float32)
         eta = 0.5 * (0.17 + 0.83 * (diffusion_steps - steps) / diffusion_steps)
         self.eta_param = nn.Parameter(torch.logit(eta / eta_max)[:, None].repeat(1, action_dim))
@@ -247,14 +254,14 @@ class DiffusionPolicy(nn.Module):
 
     def log_ratio(self, x, k, x_next, mean, std):
         """l_k = log q(x_{k+1} | x_k, s, k) - log p(x_k | x_{k+1}), given q's mean and std."""
-        # Decision (method.md section 2): p is normalised in x_k (drift at x_{k+1}, same eta_k as q),
-        # unlike the reference code, which evaluates the drift at x_k with eta_{k+1}.
+        # p is normalised in x_k (drift at x_{k+1}, the same eta_k as q), so l_k is a true log density ratio;
+        # the authors' code evaluates the drift at x_k with eta_{k+1} (docs/method.md, section 2)
         reverse_mean = x_next - (std**2 / 2) * x_next / self.prior_std**2
         # q and p share the variance 2 eta_k = std^2, so their normalising constants cancel
         l_k = (((x - reverse_mean) ** 2 - (x_next - mean) ** 2) / (2 * std**2)).sum(-1)
         if self.tanh_correction:
-            # Decision (measured, see benchmarks/results): without it the chain buys entropy in tanh's flat,
-            # saturated region. At the last step subtract log|d tanh(x_K)/dx_K| = sum 2 (log 2 - x - softplus(-2x)).
+            # without it the chain buys entropy in tanh's flat, saturated region; at the last step
+            # subtract log|d tanh(x_K)/dx_K| = sum_d 2 (log 2 - x - softplus(-2x)), as SAC does
             log_det = 2 * (np.log(2.0) - x_next - F.softplus(-2 * x_next)).sum(-1)
             l_k = l_k - torch.where(k == self.diffusion_steps - 1, log_det, 0.0)
         return l_k
@@ -266,76 +273,44 @@ class DiffusionPolicy(nn.Module):
         return x_next, self.log_ratio(x, k, x_next, mean, std)
 
     def sample(self, obs, deterministic=False):
-        """Runs the whole chain from a fresh prior sample; returns tanh(x_K) and the chain x_0..x_K (B, K+1, A)."""
+        """Runs the whole chain from a fresh prior sample; returns tanh(x_K), the chain x_0..x_K (B, K+1, A) and l (B, K)."""
         x = torch.zeros(obs.shape[0], self.action_dim, device=obs.device)
         if not deterministic:
             x = self.prior_std * torch.randn_like(x)
-        chain = [x]
+        chain, log_ratios = [x], []
         for k in range(self.diffusion_steps):
-            mean, std = self.kernel(obs, x, torch.full((obs.shape[0],), k, device=obs.device))
-            x = mean if deterministic else mean + std * torch.randn_like(mean)
+            step = torch.full((obs.shape[0],), k, device=obs.device)
+            mean, std = self.kernel(obs, x, step)
+            x_next = mean if deterministic else mean + std * torch.randn_like(mean)
+            log_ratios.append(self.log_ratio(x, step, x_next, mean, std))
+            x = x_next
             chain.append(x)
-        return torch.tanh(x), torch.stack(chain, 1)
+        return torch.tanh(x), torch.stack(chain, 1), torch.stack(log_ratios, 1)
 
 
 class ReplayBuffer:
-    """Fixed-size FIFO memory of env transitions (s, x_0..x_K, r, s', terminated): the chain is the action."""
+    """Fixed-size FIFO memory of env transitions (s, a, r, s', terminated)."""
 
-    def __init__(self, size, obs_dim, chain_shape, device):
+    def __init__(self, size, obs_dim, action_shape, device):
         self.size, self.device, self.pos, self.full = size, device, 0, False
         self.obs = np.zeros((size, obs_dim), np.float32)
         self.next_obs = np.zeros((size, obs_dim), np.float32)
-        self.chains = np.zeros((size, *chain_shape), np.float32)
+        self.actions = np.zeros((size, *action_shape), np.float32)
         self.rewards = np.zeros(size, np.float32)
         self.terminated = np.zeros(size, np.float32)
 
-    def add(self, obs, next_obs, chains, rewards, terminated):
+    def add(self, obs, next_obs, actions, rewards, terminated):
         for i in range(len(obs)):
             self.obs[self.pos], self.next_obs[self.pos] = obs[i], next_obs[i]
-            self.chains[self.pos], self.rewards[self.pos] = chains[i], rewards[i]
+            self.actions[self.pos], self.rewards[self.pos] = actions[i], rewards[i]
             self.terminated[self.pos] = terminated[i]
             self.pos = (self.pos + 1) % self.size
             self.full = self.full or self.pos == 0
 
     def sample(self, batch_size):
         idx = np.random.randint(0, self.size if self.full else self.pos, batch_size)
-        fields = ("obs", "next_obs", "chains", "rewards", "terminated")
+        fields = ("obs", "next_obs", "actions", "rewards", "terminated")
         return {f: torch.as_tensor(getattr(self, f)[idx], device=self.device) for f in fields}
-
-
-@torch.no_grad()
-def finish_chain(actor, obs, x, first_step, end_step):
-    """Runs kernel steps first_step..end_step-1 of each row without gradient; returns x and the sum of their l."""
-    x, sum_l = x.clone(), torch.zeros(x.shape[0], device=x.device)
-    for j in range(int(first_step.min()), int(end_step.max())):
-        rows = ((first_step <= j) & (j < end_step)).nonzero().squeeze(-1)  # only rows whose chain is at step j
-        x[rows], l_j = actor.step(obs[rows], x[rows], torch.full_like(rows, j))
-        sum_l[rows] += l_j
-    return x, sum_l
-
-
-def critic_target(batch, k, x_next, actor, qf1_target, qf2_target, alpha, gamma, chain_targets):
-    """Soft targets of the DA transitions (s, x_k, k) -> x_{k+1} (method.md sections 3, 4 and 7).
-
-    k = K-1, the env step:  y = r + gamma (1 - terminated) [min_i Qbar_i(s', x'_e, e-1) - alpha (l'_0 + ... + l'_{e-1} - H_prior)]
-                            x'_0 ~ prior at s'; e = K (chain targets: the whole chain) or e = 1 (one DA step)
-    k < K-1, in the chain:  y = min_i Qbar_i(s, x'_e, e-1) - alpha (l'_{k+1} + ... + l'_{e-1}), no reward, no discount,
-                            e = K (chain targets: an unbiased multi-step target) or e = k+2 (one DA step)
-    With chain targets every target bootstraps only the env-step critic Q(., ., K-1), as SAC bootstraps its Q.
-    """
-    with torch.no_grad():
-        diffusion_steps = actor.diffusion_steps
-        last = k == diffusion_steps - 1
-        obs = torch.where(last[:, None], batch["next_obs"], batch["obs"])
-        # after the env step the chain restarts from a fresh prior sample x'_0 at the next state
-        x = torch.where(last[:, None], actor.prior_std * torch.randn_like(x_next), x_next)
-        first = torch.where(last, 0, k + 1)
-        end = torch.where(last, 1, k + 2) if not chain_targets else torch.full_like(k, diffusion_steps)
-        x, sum_l = finish_chain(actor, obs, x, first, end)
-        soft_q = torch.min(qf1_target(obs, x, end - 1), qf2_target(obs, x, end - 1)) - alpha * sum_l
-        # the next env step's entropy bonus also counts its prior sample x'_0 (a constant, H_prior, in expectation)
-        env_target = batch["rewards"] + gamma * (1 - batch["terminated"]) * (soft_q + alpha * prior_entropy(actor))
-        return torch.where(last, env_target, soft_q)
 
 
 def prior_entropy(actor):
@@ -344,30 +319,46 @@ def prior_entropy(actor):
 
 
 def sample_steps(batch_size, diffusion_steps, last_step_share, device):
-    """Denoising steps k of a batch of DA transitions and their probabilities P(k).
-
-    k = K-1 (the env step) with probability last_step_share (None: 1/K, k uniform), else uniform over 0..K-2.
-    """
-    below = max(diffusion_steps - 1, 1)
+    """Denoising steps k of a batch of DA transitions: K-1 (the env step) with probability last_step_share, else uniform below."""
     share = 1.0 if diffusion_steps == 1 else (1 / diffusion_steps if last_step_share is None else last_step_share)
-    last = torch.rand(batch_size, device=device) < share
-    k = torch.where(last, diffusion_steps - 1, torch.randint(below, (batch_size,), device=device))
-    return k, torch.where(last, share, (1 - share) / below)
+    below = torch.randint(max(diffusion_steps - 1, 1), (batch_size,), device=device)
+    return torch.where(torch.rand(batch_size, device=device) < share, diffusion_steps - 1, below)
 
 
-def critic_loss(batch, k, actor, qf1, qf2, qf1_target, qf2_target, alpha, gamma, chain_targets):
-    """sum_i mean (Q_i(s, x_{k+1}, k) - y)^2 over the DA transitions (batch, k); also returns Q_1."""
-    x_next = batch["chains"][torch.arange(len(k), device=k.device), k + 1]
-    y = critic_target(batch, k, x_next, actor, qf1_target, qf2_target, alpha, gamma, chain_targets)
-    qf1_values = qf1(batch["obs"], x_next, k)
-    return F.mse_loss(qf1_values, y) + F.mse_loss(qf2(batch["obs"], x_next, k), y), qf1_values
+def critic_target(batch, k, chain, log_ratios, actor, qf1_target, qf2_target, alpha, gamma):
+    """Soft targets of the DA transitions, given the current chain x'_0..x'_K and its l'_0..l'_{K-1} at s'.
+
+    k = K-1, the env step (s, a):        y = r + gamma (1 - terminated) [min_i Qbar_i(s', a', K-1) - alpha (sum_j l'_j - H_prior)]
+    k < K-1, in the chain (s', x'_{k+1}): y = min_i Qbar_i(s', a', K-1) - alpha (l'_{k+1} + ... + l'_{K-1})
+    a' = tanh(x'_K). The chain is the current policy's own continuation from each of its x'_{k+1}, so one chain
+    gives every target, and every target bootstraps only the env-step critic Q(., ., K-1), as SAC bootstraps its Q.
+    """
+    with torch.no_grad():
+        next_obs, next_action = batch["next_obs"], torch.tanh(chain[:, -1])
+        last_step = torch.full_like(k, actor.diffusion_steps - 1)
+        next_q = torch.min(qf1_target(next_obs, next_action, last_step), qf2_target(next_obs, next_action, last_step))
+        env_target = batch["rewards"] + gamma * (1 - batch["terminated"]) * (next_q - alpha * (log_ratios.sum(-1) - prior_entropy(actor)))
+        later_l = log_ratios.flip(-1).cumsum(-1).flip(-1) - log_ratios  # sum_{j>k} l'_j, (B, K)
+        in_chain_target = next_q - alpha * later_l.gather(1, k[:, None]).squeeze(1)
+        return torch.where(k == actor.diffusion_steps - 1, env_target, in_chain_target)
 
 
-def actor_loss(batch, k, actor, qf1, qf2, alpha):
-    """E[alpha l_k(theta) - min_i Q_i(s, x_{k+1}(theta), k)], one reparameterised kernel step from x_k; also returns l_k."""
-    obs, x = batch["obs"], batch["chains"][torch.arange(len(k), device=k.device), k]
+def critic_loss(batch, k, chain, log_ratios, actor, qf1, qf2, qf1_target, qf2_target, alpha, gamma):
+    """sum_i mean (Q_i - y)^2: Q_i(s, a, K-1) of the replayed env transition, or Q_i(s', tanh(x'_{k+1}), k) in the chain."""
+    last = (k == actor.diffusion_steps - 1)[:, None]
+    obs = torch.where(last, batch["obs"], batch["next_obs"])
+    action = torch.where(last, batch["actions"], torch.tanh(chain[torch.arange(len(k), device=k.device), k + 1]))
+    y = critic_target(batch, k, chain, log_ratios, actor, qf1_target, qf2_target, alpha, gamma)
+    qf1_values = qf1(obs, action, k)
+    return F.mse_loss(qf1_values, y) + F.mse_loss(qf2(obs, action, k), y), qf1_values
+
+
+def actor_loss(batch, k, chain, actor, qf1, qf2, alpha):
+    """E[alpha l_k(theta) - min_i Q_i(s', tanh(x'_{k+1}(theta)), k)], one reparameterised kernel step from x'_k."""
+    obs, x = batch["next_obs"], chain[torch.arange(len(k), device=k.device), k]
     x_next, l_k = actor.step(obs, x, k)
-    q = torch.min(qf1(obs, x_next, k), qf2(obs, x_next, k))
+    action = torch.tanh(x_next)
+    q = torch.min(qf1(obs, action, k), qf2(obs, action, k))
     return (alpha * l_k - q).mean(), l_k
 
 
@@ -377,28 +368,38 @@ def temperature_loss(log_alpha, entropy, target_entropy):
 
 
 def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=None):
-    """Undiscounted returns of `episodes` episodes on a fresh env, seeded seed, seed+1, ..."""
+    """Undiscounted returns of `episodes` episodes on a fresh env, env and sampler seeded seed, seed+1, ..."""
     env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
     if video_dir:
         env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda _: True, disable_logger=True)
     returns = []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        done, episode_return = False, 0.0
-        while not done:
-            with torch.no_grad():
-                action, _ = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)
-            obs, reward, terminated, truncated, _ = env.step(to_env(action[0].cpu().numpy(), env.action_space))
-            episode_return += float(reward)
-            done = terminated or truncated
-        returns.append(episode_return)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the sampler noise: seeded by `seed` alone
+        torch.manual_seed(seed)
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=seed + episode)
+            done, episode_return = False, 0.0
+            while not done:
+                with torch.no_grad():
+                    action = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)[0]
+                obs, reward, terminated, truncated, _ = env.step(to_env(action[0].cpu().numpy(), env.action_space))
+                episode_return += float(reward)
+                done = terminated or truncated
+            returns.append(episode_return)
     env.close()
     return np.array(returns)
 
 
 def load_actor(path, device):
     """Rebuilds the actor of a checkpoint written by --save-model; returns it and the run's Args."""
-    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=False)
+    except Exception as error:  # missing, unreadable, or not a torch file
+        first_line = (str(error).splitlines() or [type(error).__name__])[0]
+        raise SystemExit(f"error: cannot load --evaluate-checkpoint {path}: {first_line}") from None
+    script = os.path.basename(__file__)
+    written_by = checkpoint.get("script", "another program") if isinstance(checkpoint, dict) else "another program"
+    if written_by != script:
+        raise SystemExit(f"error: --evaluate-checkpoint {path} was written by {written_by}, not by {script}")
     saved = Args(**checkpoint["args"])
     env = gym.make(saved.env_id)
     obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
@@ -406,22 +407,25 @@ def load_actor(path, device):
         obs_dim, action_dim, saved.hidden_dim, saved.diffusion_steps, saved.prior_std, saved.eta_max, saved.tanh_correction
     )
     actor.load_state_dict(checkpoint["actor"])
-    return actor.to(device), saved
+    return actor.to(device), saved, checkpoint["env_steps"]
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
     check_args(args)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if args.cuda and not torch.cuda.is_available():
+        print("--cuda: no GPU is visible, so the run uses the CPU")
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
 
     if args.evaluate_checkpoint is not None:
-        actor, saved = load_actor(args.evaluate_checkpoint, device)
-        returns = evaluate(actor, saved.env_id, args.eval_episodes, args.seed, args.eval_deterministic, device)
-        print(f"{saved.env_id}: eval returns {np.round(returns, 2).tolist()} mean {returns.mean():.2f}")
+        actor, saved, env_steps = load_actor(args.evaluate_checkpoint, device)
+        returns = evaluate(actor, saved.env_id, args.eval_episodes, saved.seed + 10_000, args.eval_deterministic, device)
+        print(f"{saved.env_id}: eval returns {np.round(returns, 2).tolist()}")
+        print(f"eval return {returns.mean():.2f} +- {returns.std():.2f} over {len(returns)} episodes at env step {env_steps}")
         raise SystemExit(0)
 
     run_name = f"{args.env_id.replace(':', '_').replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
@@ -472,44 +476,57 @@ if __name__ == "__main__":
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.policy_lr)
     target_entropy = -args.target_entropy_scale * action_dim
 
-    rb = ReplayBuffer(args.buffer_size, obs_dim, (diffusion_steps + 1, action_dim), device)
+    rb = ReplayBuffer(args.buffer_size, obs_dim, (action_dim,), device)
     obs, _ = envs.reset(seed=args.seed)
     recent_returns, last_log, next_eval = [], 0, args.eval_frequency
     last_print, last_print_step = start_time, 0
     num_iterations = args.total_timesteps // args.num_envs
+    stop = []  # Ctrl-C or SIGTERM: finish the iteration, then save and exit; a second one exits at once
+
+    def request_stop(signum, frame):
+        if stop:
+            raise KeyboardInterrupt
+        stop.append(signum)
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
     for iteration in range(1, num_iterations + 1):
         global_step = iteration * args.num_envs
-        # the warm-up acts with the initial policy too: every stored transition needs its chain
-        with torch.no_grad():
-            actions, chains = (t.cpu().numpy() for t in actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)))
+        if global_step <= args.learning_starts:
+            actions = np.random.uniform(-1, 1, (args.num_envs, action_dim)).astype(np.float32)
+        else:
+            with torch.no_grad():
+                actions = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device))[0].cpu().numpy()
         next_obs, rewards, terminations, truncations, infos = envs.step(to_env(actions, envs.single_action_space))
 
         for i in np.flatnonzero(infos.get("_final_info", [])):
             episode = infos["final_info"]["episode"]
             recent_returns = (recent_returns + [float(episode["r"][i])])[-10:]
             log_scalars(global_step, {"charts/episodic_return": float(episode["r"][i]), "charts/episodic_length": int(episode["l"][i])})
-        rb.add(obs, real_next_obs(next_obs, infos), chains, rewards, terminations)
+        rb.add(obs, real_next_obs(next_obs, infos), actions, rewards, terminations)
         obs = next_obs
 
         if global_step > args.learning_starts:
             for _ in range(args.updates_per_step * args.num_envs):
                 batch = rb.sample(args.batch_size)
                 alpha = log_alpha.exp().item()
-                k, step_probability = sample_steps(args.batch_size, diffusion_steps, args.last_step_share, device)
-                qf_loss, qf1_values = critic_loss(batch, k, actor, qf1, qf2, qf1_target, qf2_target, alpha, args.gamma, args.chain_targets)
+                k = sample_steps(args.batch_size, diffusion_steps, args.last_step_share, device)
+                with torch.no_grad():  # one current chain at s': the env-step targets and the in-chain transitions
+                    _, chain, log_ratios = actor.sample(batch["next_obs"])
+                qf_loss, qf1_values = critic_loss(batch, k, chain, log_ratios, actor, qf1, qf2, qf1_target, qf2_target, alpha, args.gamma)
                 check_finite("qf_loss", qf_loss, global_step)
                 q_optimizer.zero_grad()
                 qf_loss.backward()
                 q_optimizer.step()
 
-                policy_loss, l_k = actor_loss(batch, k, actor, qf1, qf2, alpha)
+                policy_loss, l_k = actor_loss(batch, k, chain, actor, qf1, qf2, alpha)
                 check_finite("actor_loss", policy_loss, global_step)
                 actor_optimizer.zero_grad()
                 policy_loss.backward()
                 actor_optimizer.step()
 
                 # a lower bound of the action's entropy: the prior's entropy minus the sum over the K steps of l_k
-                entropy = prior_entropy(actor) - (l_k.detach() / step_probability).mean()
+                entropy = prior_entropy(actor) - log_ratios.sum(-1).mean()
                 if args.autotune:
                     alpha_loss = temperature_loss(log_alpha, entropy, target_entropy)
                     alpha_optimizer.zero_grad()
@@ -531,7 +548,7 @@ if __name__ == "__main__":
                         "losses/actor_loss": policy_loss.item(),
                         "diffusion/alpha": log_alpha.exp().item(),
                         "diffusion/entropy": entropy.item(),
-                        "diffusion/saturated_fraction": (batch["chains"][:, -1].tanh().abs() > 0.99).float().mean().item(),
+                        "diffusion/saturated_fraction": (chain[:, -1].tanh().abs() > 0.99).float().mean().item(),
                         **{f"diffusion/eta_{j}": eta_j.item() for j, eta_j in enumerate(actor.eta().mean(-1))},
                         "charts/SPS": int(global_step / (time.time() - start_time)),
                     },
@@ -543,21 +560,28 @@ if __name__ == "__main__":
             video_dir = os.path.join(run_dir, "videos") if final and args.capture_video else None
             returns = evaluate(actor, args.env_id, args.eval_episodes, args.seed + 10_000, args.eval_deterministic, device, video_dir)
             log_scalars(global_step, {"eval/episodic_return": float(returns.mean())})
+            if final:
+                print(f"eval return {returns.mean():.2f} +- {returns.std():.2f} over {len(returns)} episodes at env step {global_step}")
 
-        if time.time() - last_print > 5 or iteration == num_iterations:
+        if time.time() - last_print > 5 or iteration == num_iterations or global_step == args.learning_starts:
             sps = (global_step - last_print_step) / (time.time() - last_print)  # recent speed, for the time left
             last_print, last_print_step = time.time(), global_step
             recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
-            time_left = (args.total_timesteps - global_step) / max(sps, 1e-9)
-            print(
-                f"step {global_step}/{args.total_timesteps} | return {recent} | SPS {sps:.0f} | time left {time_left / 60:.1f} min",
-                flush=True,
-            )
+            # the warm-up runs no updates, so its speed says nothing about the learning phase
+            time_left = f"{(args.total_timesteps - global_step) / max(sps, 1e-9) / 60:.1f} min"
+            time_left = "n/a until learning starts" if global_step <= args.learning_starts else time_left
+            print(f"step {global_step}/{args.total_timesteps} | return {recent} | SPS {sps:.0f} | time left {time_left}", flush=True)
+
+        if stop:
+            print(f"interrupted at env step {global_step}: the run is unfinished", flush=True)
+            break
 
     if args.save_model:
         model_path = os.path.join(run_dir, "model.pt")
         torch.save(
             {
+                "script": os.path.basename(__file__),
+                "env_steps": global_step,
                 "args": asdict(args),
                 "actor": actor.state_dict(),
                 "qf1": qf1.state_dict(),
@@ -566,7 +590,9 @@ if __name__ == "__main__":
             },
             model_path,
         )
-        print(f"model saved to {model_path}")
+        print(f"model saved to {model_path} at env step {global_step}")
     envs.close()
     writer.close()
     metrics_file.close()
+    if stop:
+        raise SystemExit(128 + stop[0])

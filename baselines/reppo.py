@@ -27,6 +27,7 @@ Run:  python baselines/reppo.py --env-id Hopper-v5 --total-timesteps 1000000
 import json
 import os
 import random
+import signal
 import time
 from dataclasses import asdict, dataclass
 
@@ -60,7 +61,7 @@ class Args:
     save_model: bool = False
     """if toggled, the trained model is saved to `runs/{run_name}/model.pt`"""
     evaluate_checkpoint: str | None = None
-    """path of a saved model.pt: evaluate it for `--eval-episodes` episodes instead of training"""
+    """path of a saved model.pt: evaluate it for `--eval-episodes` episodes (on the run's own evaluation seeds) instead of training"""
 
     env_id: str = "Hopper-v5"
     """the id of the gymnasium environment (continuous actions)"""
@@ -135,8 +136,19 @@ def check_args(args):
             f"error: --env-id {args.env_id!r} has action space {probe.action_space}; only continuous (Box) actions are supported"
         )
     probe.close()
+    if not 0 <= args.seed < 2**31:
+        raise SystemExit(f"error: --seed must lie in [0, 2**31), got {args.seed}")
+    if args.eval_episodes < 1:
+        raise SystemExit(f"error: --eval-episodes must be at least 1, got {args.eval_episodes}")
     if args.evaluate_checkpoint is not None:
         return
+    positive = "total_timesteps eval_frequency learning_rate dual_learning_rate max_grad_norm hidden_dim num_bins"
+    for name in (positive + " value_bound alpha_init kl_bound beta_init").split():
+        if not getattr(args, name) > 0:  # also rejects NaN
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in "gamma td_lambda".split():
+        if not 0 <= getattr(args, name) <= 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must lie in [0, 1], got {getattr(args, name)}")
     if min(args.num_envs, args.num_steps, args.num_minibatches, args.update_epochs) < 1:
         raise SystemExit("error: --num-envs, --num-steps, --num-minibatches and --update-epochs must be at least 1")
     if args.kl_bound <= 0 or args.value_bound <= 0 or args.num_bins < 2:
@@ -330,48 +342,61 @@ def dual_losses(log_alpha, log_beta, entropy, target_entropy, kl, kl_bound):
 
 
 def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=None):
-    """Undiscounted returns of `episodes` episodes on a fresh env, seeded seed, seed+1, ..."""
+    """Undiscounted returns of `episodes` episodes on a fresh env, env and sampler seeded seed, seed+1, ..."""
     env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
     if video_dir:
         env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda _: True, disable_logger=True)
     returns = []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        done, episode_return = False, 0.0
-        while not done:
-            with torch.no_grad():
-                action, _ = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)
-            obs, reward, terminated, truncated, _ = env.step(to_env(action[0].cpu().numpy(), env.action_space))
-            episode_return += float(reward)
-            done = terminated or truncated
-        returns.append(episode_return)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the sampler noise: seeded by `seed` alone
+        torch.manual_seed(seed)
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=seed + episode)
+            done, episode_return = False, 0.0
+            while not done:
+                with torch.no_grad():
+                    action, _ = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)
+                obs, reward, terminated, truncated, _ = env.step(to_env(action[0].cpu().numpy(), env.action_space))
+                episode_return += float(reward)
+                done = terminated or truncated
+            returns.append(episode_return)
     env.close()
     return np.array(returns)
 
 
 def load_actor(path, device):
     """Rebuilds the actor (observation normaliser included) of a checkpoint written by --save-model; returns it and the run's Args."""
-    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=False)
+    except Exception as error:  # missing, unreadable, or not a torch file
+        first_line = (str(error).splitlines() or [type(error).__name__])[0]
+        raise SystemExit(f"error: cannot load --evaluate-checkpoint {path}: {first_line}") from None
+    script = os.path.basename(__file__)
+    written_by = checkpoint.get("script", "another program") if isinstance(checkpoint, dict) else "another program"
+    if written_by != script:
+        raise SystemExit(f"error: --evaluate-checkpoint {path} was written by {written_by}, not by {script}")
     saved = Args(**checkpoint["args"])
     env = gym.make(saved.env_id)
     actor = Actor(env.observation_space.shape[0], env.action_space.shape[0], saved.hidden_dim)
     actor.load_state_dict(checkpoint["actor"])
-    return actor.to(device), saved
+    return actor.to(device), saved, checkpoint["env_steps"]
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
     check_args(args)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if args.cuda and not torch.cuda.is_available():
+        print("--cuda: no GPU is visible, so the run uses the CPU")
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
 
     if args.evaluate_checkpoint is not None:
-        actor, saved = load_actor(args.evaluate_checkpoint, device)
-        returns = evaluate(actor, saved.env_id, args.eval_episodes, args.seed, args.eval_deterministic, device)
-        print(f"{saved.env_id}: eval returns {np.round(returns, 2).tolist()} mean {returns.mean():.2f}")
+        actor, saved, env_steps = load_actor(args.evaluate_checkpoint, device)
+        returns = evaluate(actor, saved.env_id, args.eval_episodes, saved.seed + 10_000, args.eval_deterministic, device)
+        print(f"{saved.env_id}: eval returns {np.round(returns, 2).tolist()}")
+        print(f"eval return {returns.mean():.2f} +- {returns.std():.2f} over {len(returns)} episodes at env step {env_steps}")
         raise SystemExit(0)
 
     run_name = f"{args.env_id.replace(':', '_').replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
@@ -420,6 +445,15 @@ if __name__ == "__main__":
     global_step, recent_returns, next_eval = 0, [], args.eval_frequency
     last_print, last_print_step = start_time, 0
     remaining_vector_steps = args.total_timesteps // args.num_envs
+    stop = []  # Ctrl-C or SIGTERM: finish the iteration, then save and exit; a second one exits at once
+
+    def request_stop(signum, frame):
+        if stop:
+            raise KeyboardInterrupt
+        stop.append(signum)
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
     while remaining_vector_steps > 0:
         # --- rollout: num_steps steps of every env with the current policy, no gradient ---
         rollout_steps = min(args.num_steps, remaining_vector_steps)
@@ -512,6 +546,8 @@ if __name__ == "__main__":
             video_dir = os.path.join(run_dir, "videos") if final and args.capture_video else None
             returns = evaluate(actor, args.env_id, args.eval_episodes, args.seed + 10_000, args.eval_deterministic, device, video_dir)
             log_scalars(global_step, {"eval/episodic_return": float(returns.mean())})
+            if final:
+                print(f"eval return {returns.mean():.2f} +- {returns.std():.2f} over {len(returns)} episodes at env step {global_step}")
 
         if time.time() - last_print > 5 or final:
             sps = (global_step - last_print_step) / (time.time() - last_print)  # recent speed, for the time left
@@ -523,10 +559,16 @@ if __name__ == "__main__":
                 flush=True,
             )
 
+        if stop:
+            print(f"interrupted at env step {global_step}: the run is unfinished", flush=True)
+            break
+
     if args.save_model:
         model_path = os.path.join(run_dir, "model.pt")
         torch.save(
             {
+                "script": os.path.basename(__file__),
+                "env_steps": global_step,
                 "args": asdict(args),
                 "actor": actor.state_dict(),  # includes the observation normaliser's statistics
                 "qf": qf.state_dict(),
@@ -536,7 +578,9 @@ if __name__ == "__main__":
             },
             model_path,
         )
-        print(f"model saved to {model_path}")
+        print(f"model saved to {model_path} at env step {global_step}")
     envs.close()
     writer.close()
     metrics_file.close()
+    if stop:
+        raise SystemExit(128 + stop[0])

@@ -95,7 +95,7 @@ def main():
 
     torch.manual_seed(options.seed)
     module = load_script(options.script)
-    actor, saved = module.load_actor(options.checkpoint, "cpu")
+    actor, saved, _ = module.load_actor(options.checkpoint, "cpu")
     obs_norm = normalize(actor, visited_states(actor, module, saved.env_id, options.env_steps, options.every, options.seed))
     print(f"{saved.env_id}, {len(obs_norm)} states x {options.samples} chains, K = {actor.diffusion_steps}")
     print("| noise | std(x_K given s) | std(tanh given s) | saturated |\n|---|---|---|---|")

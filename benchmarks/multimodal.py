@@ -72,7 +72,7 @@ def sample_actions(script, checkpoint, samples):
     spec = importlib.util.spec_from_file_location(Path(script).stem, REPO / script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    actor, _ = module.load_actor(checkpoint, torch.device("cpu"))
+    actor, _, _ = module.load_actor(checkpoint, torch.device("cpu"))
     headings = torch.tensor(INITIAL_HEADINGS, dtype=torch.float32)
     obs = torch.stack([torch.cos(headings), torch.sin(headings)], -1).repeat_interleave(samples, 0)
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""The math of diffsac.py: kernels, log ratio, chain, DA-MDP targets (method.md sections 2-4, 7)."""
+"""The math of diffsac.py: kernels, log ratio, chain, DA-MDP targets (docs/method.md, sections 2-4)."""
 
 import math
 
@@ -89,8 +89,8 @@ def test_initial_chain_keeps_the_prior_and_resamples_x0(diffsac):
     policy = make_policy(diffsac, diffusion_steps=8, randomize=False)
     obs = torch.randn(1, OBS_DIM).repeat(20_000, 1)
     with torch.no_grad():
-        action, chain = policy.sample(obs)
-        _, chain_again = policy.sample(obs)
+        action, chain, _ = policy.sample(obs)
+        _, chain_again, _ = policy.sample(obs)
     assert chain.shape == (20_000, 9, ACTION_DIM)
     torch.testing.assert_close(action, torch.tanh(chain[:, -1]))
     # x_0 ~ N(0, 9) afresh on every call, for the same state
@@ -105,7 +105,7 @@ def test_deterministic_chain_starts_at_zero_and_follows_the_kernel_mean(diffsac)
     policy = make_policy(diffsac)
     obs = torch.randn(3, OBS_DIM)
     with torch.no_grad():
-        action, chain = policy.sample(obs, deterministic=True)
+        action, chain, _ = policy.sample(obs, deterministic=True)
         x = torch.zeros(3, ACTION_DIM)
         for k in range(4):
             x, _ = policy.kernel(obs, x, torch.full((3,), k))
@@ -115,73 +115,74 @@ def test_deterministic_chain_starts_at_zero_and_follows_the_kernel_mean(diffsac)
 
 
 class StepValueCritic(torch.nn.Module):
-    """A stand-in critic Q(s, x, k) = 100 k + s_0 + offset that ignores x, so targets are known by hand."""
+    """A stand-in critic Q(s, a, k) = 100 k + s_0 + offset that ignores a, so targets are known by hand."""
 
     def __init__(self, offset):
         super().__init__()
         self.offset = offset
 
-    def forward(self, obs, x_next, k):
+    def forward(self, obs, action, k):
         return 100.0 * k + obs[:, 0] + self.offset
 
 
-def hand_batch(diffusion_steps, k):
-    """Four env transitions with their chains; row 1 is terminated."""
-    rows = len(k)
+def hand_batch(rows=4):
+    """Four env transitions (s, a, r, s', terminated); row 1 is terminated."""
     return {
         "obs": torch.arange(rows, dtype=torch.float32)[:, None].repeat(1, OBS_DIM),
         "next_obs": 10 + torch.arange(rows, dtype=torch.float32)[:, None].repeat(1, OBS_DIM),
-        "chains": torch.randn(rows, diffusion_steps + 1, ACTION_DIM),
+        "actions": torch.rand(rows, ACTION_DIM) * 2 - 1,
         "rewards": torch.tensor([1.0, 2.0, 3.0, 4.0]),
         "terminated": torch.tensor([0.0, 1.0, 0.0, 0.0]),
     }
 
 
-@pytest.mark.parametrize("chain_targets", [True, False])
-def test_critic_target_reward_and_discount_only_at_the_last_step(diffsac, chain_targets):
+def current_chain(policy, batch):
+    with torch.no_grad():
+        return policy.sample(batch["next_obs"])
+
+
+def test_sample_returns_the_log_ratio_of_every_step(diffsac):
+    policy = make_policy(diffsac, tanh_correction=True)
+    obs = torch.randn(6, OBS_DIM)
+    torch.manual_seed(3)
+    action, chain, log_ratios = policy.sample(obs)
+    assert chain.shape == (6, 5, ACTION_DIM) and log_ratios.shape == (6, 4)
+    for k in range(4):
+        step = torch.full((6,), k)
+        mean, std = policy.kernel(obs, chain[:, k], step)
+        torch.testing.assert_close(log_ratios[:, k], policy.log_ratio(chain[:, k], step, chain[:, k + 1], mean, std))
+    torch.testing.assert_close(action, torch.tanh(chain[:, -1]))
+
+
+def test_critic_target_reward_and_discount_only_at_the_last_step(diffsac):
     diffusion_steps, gamma = 4, 0.9
     policy = make_policy(diffsac, diffusion_steps)
     k = torch.tensor([3, 3, 0, 1])  # two env steps (one terminated), two in-chain steps
-    batch = hand_batch(diffusion_steps, k)
-    x_next = batch["chains"][torch.arange(4), k + 1]
-    y = diffsac.critic_target(batch, k, x_next, policy, StepValueCritic(0.0), StepValueCritic(1.0), 0.0, gamma, chain_targets)
-    # k = K-1: r + gamma (1 - terminated) min_i Qbar_i(s', x'_e, e-1): the whole chain at s' (e = K) or one step (e = 1)
-    env_bootstrap = 100.0 * (diffusion_steps - 1) if chain_targets else 0.0
-    assert y[0].item() == pytest.approx(1.0 + gamma * (env_bootstrap + 10.0))
+    batch = hand_batch()
+    _, chain, log_ratios = current_chain(policy, batch)
+    y = diffsac.critic_target(batch, k, chain, log_ratios, policy, StepValueCritic(0.0), StepValueCritic(1.0), 0.0, gamma)
+    # k = K-1: r + gamma (1 - terminated) min_i Qbar_i(s', a', K-1)
+    assert y[0].item() == pytest.approx(1.0 + gamma * (100.0 * (diffusion_steps - 1) + 10.0))
     assert y[1].item() == pytest.approx(2.0)
-    # k < K-1: no reward, no discount; bootstrap at step K-1 (chain targets) or k+1 (one DA step)
-    bootstrap_step = torch.tensor([3, 3]) if chain_targets else k[2:] + 1
-    torch.testing.assert_close(y[2:], 100.0 * bootstrap_step.float() + batch["obs"][2:, 0])
+    # k < K-1: no reward, no discount, the env-step critic at the chain's own end x'_K at s'
+    torch.testing.assert_close(y[2:], 100.0 * (diffusion_steps - 1) + batch["next_obs"][2:, 0])
 
 
-def test_critic_target_entropy_term_sums_the_remaining_log_ratios(diffsac, monkeypatch):
-    # without noise every kernel step is its mean, so the chain the target finishes can be replayed by hand
-    monkeypatch.setattr(torch, "randn_like", torch.zeros_like)
+def test_critic_target_entropy_term_sums_the_remaining_log_ratios(diffsac):
     diffusion_steps, gamma, alpha = 4, 0.9, 0.5
     policy = make_policy(diffsac, diffusion_steps)
     k = torch.tensor([3, 3, 0, 1])
-    batch = hand_batch(diffusion_steps, k)
+    batch = hand_batch()
+    _, chain, log_ratios = current_chain(policy, batch)
     critic = StepValueCritic(0.0)
-    x_next = batch["chains"][torch.arange(4), k + 1]
-    y = diffsac.critic_target(batch, k, x_next, policy, critic, critic, alpha, gamma, True)
-    y_no_entropy = diffsac.critic_target(batch, k, x_next, policy, critic, critic, 0.0, gamma, True)
-
-    def remaining_log_ratio(obs, x, first_step, end_step):
-        total = torch.zeros(())
-        with torch.no_grad():
-            for j in range(first_step, end_step):
-                step = torch.full((1,), j)
-                mean, std = policy.kernel(obs[None], x[None], step)
-                total += policy.log_ratio(x[None], step, mean, mean, std)[0]
-                x = mean[0]
-        return total
-
-    # row 0 steps the env: x'_0 = 0 (the prior sample, noise-free here), the whole chain at s', plus the prior's entropy
+    y = diffsac.critic_target(batch, k, chain, log_ratios, policy, critic, critic, alpha, gamma)
+    y_no_entropy = diffsac.critic_target(batch, k, chain, log_ratios, policy, critic, critic, 0.0, gamma)
     prior_entropy = torch.distributions.Normal(0.0, policy.prior_std).entropy() * ACTION_DIM
-    expected_0 = -gamma * alpha * (remaining_log_ratio(batch["next_obs"][0], torch.zeros(ACTION_DIM), 0, 4) - prior_entropy)
-    expected_2 = -alpha * remaining_log_ratio(batch["obs"][2], batch["chains"][2, 1], 1, 4)
-    expected_3 = -alpha * remaining_log_ratio(batch["obs"][3], batch["chains"][3, 2], 2, 4)
-    torch.testing.assert_close((y - y_no_entropy)[[0, 2, 3]], torch.stack([expected_0, expected_2, expected_3]), atol=1e-4, rtol=1e-5)
+    # the env step: the bound H_hat' = H_prior - sum_j l'_j of the whole chain at s'; in the chain: the l'_j after k
+    expected = torch.stack(
+        [-gamma * alpha * (log_ratios[0].sum() - prior_entropy), -alpha * log_ratios[2, 1:].sum(), -alpha * log_ratios[3, 2:].sum()]
+    )
+    torch.testing.assert_close((y - y_no_entropy)[[0, 2, 3]], expected, atol=1e-4, rtol=1e-5)
     assert (y - y_no_entropy)[1].item() == 0.0  # terminated: nothing after the env step
 
 
@@ -191,69 +192,59 @@ def test_prior_entropy_is_the_entropy_of_the_prior(diffsac):
     assert diffsac.prior_entropy(policy) == pytest.approx(expected.item())
 
 
-def test_finish_chain_leaves_rows_with_nothing_to_do(diffsac):
-    policy = make_policy(diffsac)
-    x = torch.randn(3, ACTION_DIM)
-    before = x.clone()
-    first, end = torch.tensor([4, 0, 2]), torch.tensor([4, 4, 3])
-    x_out, sum_l = diffsac.finish_chain(policy, torch.randn(3, OBS_DIM), x, first, end)
-    assert torch.equal(x_out[0], x[0]) and sum_l[0].item() == 0.0
-    assert not torch.equal(x_out[1], x[1]) and not torch.equal(x_out[2], x[2])
-    assert torch.equal(x, before)  # the input is not modified in place
-    assert not x_out.requires_grad and not sum_l.requires_grad
-
-
-def test_actor_loss_is_one_reparameterised_kernel_step_from_the_stored_x_k(diffsac):
+def test_actor_loss_is_one_reparameterised_kernel_step_from_the_current_chain(diffsac):
     policy = make_policy(diffsac)
     critic = diffsac.SoftQNetwork(OBS_DIM, ACTION_DIM, HIDDEN, 4)
     k = torch.randint(4, (16,))
-    batch = {"obs": torch.randn(16, OBS_DIM), "chains": torch.randn(16, 5, ACTION_DIM)}
+    batch = {"next_obs": torch.randn(16, OBS_DIM)}
+    chain = torch.randn(16, 5, ACTION_DIM)
     alpha = 0.2
     torch.manual_seed(1)
-    loss, l_k = diffsac.actor_loss(batch, k, policy, critic, critic, alpha)
+    loss, l_k = diffsac.actor_loss(batch, k, chain, policy, critic, critic, alpha)
     loss.backward()
     assert policy.net[0].weight.grad.abs().sum() > 0
-    # E[alpha l_k - Q(s, x_{k+1}, k)] with x_{k+1} ~ q(.|x_k, s, k) from x_k = chains[k]
+    # E[alpha l_k - Q(s', tanh(x_{k+1}), k)] with x_{k+1} ~ q(.|x'_k, s', k) from the chain's own x'_k
     torch.manual_seed(1)
-    x_next, expected_l = policy.step(batch["obs"], batch["chains"][torch.arange(16), k], k)
+    x_next, expected_l = policy.step(batch["next_obs"], chain[torch.arange(16), k], k)
     torch.testing.assert_close(l_k, expected_l)
-    torch.testing.assert_close(loss, (alpha * expected_l - critic(batch["obs"], x_next, k)).mean())
+    torch.testing.assert_close(loss, (alpha * expected_l - critic(batch["next_obs"], torch.tanh(x_next), k)).mean())
 
 
-def test_critic_loss_scores_q_of_x_k_plus_1_at_step_k(diffsac, monkeypatch):
+def test_critic_loss_scores_the_replayed_action_at_the_env_step_and_the_chain_inside_it(diffsac):
     diffusion_steps, gamma = 4, 0.9
     policy = make_policy(diffsac, diffusion_steps)
     k = torch.tensor([3, 3, 0, 1])
-    batch = hand_batch(diffusion_steps, k)
+    batch = hand_batch()
+    _, chain, log_ratios = current_chain(policy, batch)
 
     class RecordingCritic(StepValueCritic):
-        def forward(self, obs, x_next, k):
-            self.inputs = (x_next, k)
-            return super().forward(obs, x_next, k)
+        def forward(self, obs, action, k):
+            self.inputs = (obs, action, k)
+            return super().forward(obs, action, k)
 
     qf1, qf2 = RecordingCritic(5.0), RecordingCritic(7.0)
-    loss, qf1_values = diffsac.critic_loss(batch, k, policy, qf1, qf2, StepValueCritic(0.0), StepValueCritic(0.0), 0.0, gamma, True)
-    assert torch.equal(qf1.inputs[0], batch["chains"][torch.arange(4), k + 1]) and torch.equal(qf1.inputs[1], k)
-    x_next = batch["chains"][torch.arange(4), k + 1]
-    y = diffsac.critic_target(batch, k, x_next, policy, StepValueCritic(0.0), StepValueCritic(0.0), 0.0, gamma, True)
-    torch.testing.assert_close(qf1_values, 100.0 * k + batch["obs"][:, 0] + 5.0)
+    targets = StepValueCritic(0.0), StepValueCritic(0.0)
+    loss, qf1_values = diffsac.critic_loss(batch, k, chain, log_ratios, policy, qf1, qf2, *targets, 0.0, gamma)
+    obs, action, step = qf1.inputs
+    # the env step scores the replayed (s, a); an in-chain step scores the current chain's (s', tanh(x'_{k+1}))
+    torch.testing.assert_close(obs, torch.cat([batch["obs"][:2], batch["next_obs"][2:]]))
+    torch.testing.assert_close(action[:2], batch["actions"][:2])
+    torch.testing.assert_close(action[2:], torch.tanh(chain[[2, 3], k[2:] + 1]))
+    assert torch.equal(step, k)
+    y = diffsac.critic_target(batch, k, chain, log_ratios, policy, *targets, 0.0, gamma)
     expected = ((qf1_values - y) ** 2).mean() + ((qf1_values + 2.0 - y) ** 2).mean()
     torch.testing.assert_close(loss, expected)
 
 
 @pytest.mark.parametrize(("diffusion_steps", "share"), [(8, None), (8, 0.5), (4, 0.1), (1, None)])
-def test_sample_steps_frequencies_and_probabilities(diffsac, diffusion_steps, share):
+def test_sample_steps_frequencies(diffsac, diffusion_steps, share):
     torch.manual_seed(0)
-    k, probability = diffsac.sample_steps(200_000, diffusion_steps, share, "cpu")
+    k = diffsac.sample_steps(200_000, diffusion_steps, share, "cpu")
     frequency = torch.bincount(k, minlength=diffusion_steps).float() / len(k)
     last_share = 1.0 if diffusion_steps == 1 else (share or 1 / diffusion_steps)
     expected = torch.full((diffusion_steps,), (1 - last_share) / max(diffusion_steps - 1, 1))
     expected[-1] = last_share
     torch.testing.assert_close(frequency, expected, atol=0.005, rtol=0)
-    torch.testing.assert_close(probability, expected[k])
-    # l / P(k) averages to the sum over the chain's steps whatever the sampling: the entropy estimate
-    per_step_l = torch.arange(1.0, diffusion_steps + 1)
-    assert (per_step_l[k] / probability).mean().item() == pytest.approx(per_step_l.sum().item(), rel=0.02)
 
 
 @pytest.mark.parametrize(("entropy", "direction"), [(-10.0, -1), (-20.0, 1)])
@@ -264,17 +255,16 @@ def test_temperature_falls_above_the_entropy_target_and_rises_below(diffsac, ent
     assert np.sign(-log_alpha.grad.item()) == direction
 
 
-def test_replay_buffer_stores_chains_and_wraps(diffsac):
-    buffer = diffsac.ReplayBuffer(5, OBS_DIM, (4, ACTION_DIM), torch.device("cpu"))
+def test_replay_buffer_stores_env_transitions_and_wraps(diffsac):
+    buffer = diffsac.ReplayBuffer(5, OBS_DIM, (ACTION_DIM,), torch.device("cpu"))
     for step in range(7):
-        chain = np.full((1, 4, ACTION_DIM), step, np.float32)
-        buffer.add(np.full((1, OBS_DIM), step), np.full((1, OBS_DIM), step + 1), chain, [step], [step % 2])
+        action = np.full((1, ACTION_DIM), step, np.float32)
+        buffer.add(np.full((1, OBS_DIM), step), np.full((1, OBS_DIM), step + 1), action, [step], [step % 2])
     assert buffer.full and buffer.pos == 2
     assert sorted(buffer.rewards.tolist()) == [2, 3, 4, 5, 6]
     batch = buffer.sample(32)
-    assert batch["chains"].shape == (32, 4, ACTION_DIM)
-    # every sampled row is one consistent transition
-    torch.testing.assert_close(batch["chains"][:, 0, 0], batch["rewards"])
+    assert set(batch) == {"obs", "next_obs", "actions", "rewards", "terminated"}  # no chain: only the env's action
+    torch.testing.assert_close(batch["actions"][:, 0], batch["rewards"])
     torch.testing.assert_close(batch["next_obs"][:, 0], batch["rewards"] + 1)
 
 
