@@ -1,6 +1,6 @@
 """DiffPPO: PPO on the Diffusion-Augmented MDP (arXiv 2512.02019), diffusion policy.
 
-The policy is a K-step denoising chain in pre-tanh space R^A (../shared/method.md, sections 2-4):
+The policy is a K-step denoising chain in pre-tanh space R^A (docs/method.md, sections 2-4):
 
     x_0 ~ N(0, sigma_p^2 I),  q(x_{k+1} | x_k, s, k) = N(x_k + eta_k (-x_k / sigma_p^2 + u(s, x_k, k)), 2 eta_k)
     a = low + (tanh(x_K) + 1) / 2 * (high - low),   step sizes eta_k in (0, eta_max) learned
@@ -21,12 +21,9 @@ PPO then runs on the DA-MDP: a rollout of T env steps is T*K DA steps j = t*K + 
                   rho = q_theta(x_{k+1}|x_k,s,k) / q_old(x_{k+1}|x_k,s,k), one kernel step, never the whole chain
     value loss    0.5 E[max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)],  R = A + V_old
 
-Decision (measured): sigma_p = 1, not method.md's 3. Under tanh, std 3 saturates 38% of the initial action
-coordinates and PPO's small bonus does not undo it (Hopper-v5 eval return, seeds 1 / 2: 311 / 303 at 49k env
-steps, 33 / 57 at 8k; with sigma_p = 1: 337 / 340 and 122 / 108). The Gaussian twin starts at std 1 too.
-Decision (measured): V(s, x_k, k) is 256 wide (--critic-hidden-dim), the policy 64 wide, as in the twin. The value
-of a DA state depends on x_k too (at k = K-1 it is nearly Q(s, a)). HalfCheetah-v5, seed 1, mean training return at
-196k / 393k env steps: 544 / 919 with a 64-wide V, 1,211 / 2,446 with 256; both networks 256 wide: 955 at 196k, and slower.
+sigma_p = 1: under tanh, std 3 saturates 38% of the initial action coordinates and PPO's small bonus does not
+undo it. V(s, x_k, k) is 256 wide (--critic-hidden-dim), the policy 64 wide, as in the twin: the value of a DA
+state depends on x_k too (at k = K-1 it is nearly Q(s, a)). The measurements are in benchmarks/results.
 Minibatches mix all T*K DA steps. A truncated env step adds gamma V(final observation, x_0 ~ prior, 0)
 to its reward and ends the trace. Observation statistics live inside the policy (saved with it;
 evaluation does not update them), rewards are scaled by the running std of the discounted return.
@@ -118,11 +115,11 @@ class Args:
     hidden_dim: int = 64
     """width of the hidden layers of the policy network u(s, x_k, k)"""
     critic_hidden_dim: int = 256
-    """width of the hidden layers of the value network V(s, x_k, k) (256, not CleanRL's 64: measured, see the module docstring)"""
+    """width of the hidden layers of the value network V(s, x_k, k) (CleanRL: 64; see the module docstring)"""
     diffusion_steps: int = 8
     """K, the number of denoising steps of the chain"""
     prior_std: float = 1.0
-    """sigma_p, the std of the prior x_0 ~ N(0, sigma_p^2 I) (1, not method.md's 3: measured, see the module docstring)"""
+    """sigma_p, the std of the prior x_0 ~ N(0, sigma_p^2 I); 1, since 3 saturates actions (docs/method.md, section 4)"""
     eta_max: float = 1.0
     """upper bound of the learned step sizes eta_k (kernel std at most sqrt(2 eta_max))"""
     eta_lr: float | None = None
@@ -293,8 +290,8 @@ class DiffusionPolicy(nn.Module):
 
     def reverse_log_prob(self, x, x_next, std):
         """log p(x_k | x_{k+1}) of the noising kernel N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k), std = sqrt(2 eta_k)."""
-        # Decision (method.md section 2): p is normalised in x_k (drift at x_{k+1}, same eta_k as q),
-        # unlike the reference code, which evaluates the drift at x_k with eta_{k+1}.
+        # p is normalised in x_k (drift at x_{k+1}, the same eta_k as q), so l_k is a true log density ratio;
+        # the authors' code evaluates the drift at x_k with eta_{k+1} (docs/method.md, section 2)
         return gaussian_log_prob(x, x_next - (std**2 / 2) * x_next / self.prior_std**2, std)
 
     def log_ratio(self, x, k, x_next, log_q, std):
@@ -330,7 +327,7 @@ class DiffusionPolicy(nn.Module):
 
 
 def da_mdp_sequence(env_rewards, env_dones, log_ratio, ent_coef, gamma, gae_lambda):
-    """The rollout as a DA-MDP sequence, DA time j = t*K + k (method.md section 3).
+    """The rollout as a DA-MDP sequence, DA time j = t*K + k (docs/method.md, section 3).
 
     env_rewards, env_dones (T, N) and log_ratio (T, K, N) in; out (T*K, N) soft rewards and dones, (T*K, 1) gamma_j and lambda_j:
     the env reward and the episode end only at k = K-1, the bonus -eps l_k at every step, gamma and lambda only
@@ -352,7 +349,7 @@ def compute_gae(rewards, values, dones, last_value, gamma, gae_lambda):
     """GAE over a DA rollout of shape (T*K, N): A_j = delta_j + gamma_j lambda_j (1 - done_j) A_{j+1}.
 
     delta_j = r_j + gamma_j (1 - done_j) V_{j+1} - V_j, with V_{T*K} = last_value; gamma_j and lambda_j are
-    per DA step (T*K, 1): gamma and lambda where env time advances (k = K-1), 1 inside the chain (method.md section 3).
+    per DA step (T*K, 1): gamma and lambda where env time advances (k = K-1), 1 inside the chain (docs/method.md, section 3).
     """
     not_done = 1.0 - dones
     deltas = rewards + gamma * not_done * torch.cat([values[1:], last_value[None]]) - values
@@ -372,7 +369,7 @@ def policy_loss(actor, batch, clip_coef, norm_adv, ent_coef):
         scale = advantages.std() + 1e-8
         advantages = (advantages - advantages.mean()) / scale
     unclipped, clipped = -advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)
-    # The reference-kernel term (method.md section 4). The bonus -eps l_k = -eps log q + eps log p has a part,
+    # The reference-kernel term (docs/method.md, section 4). The bonus -eps l_k = -eps log q + eps log p has a part,
     # eps log p(x_k|x_{k+1}), that depends on theta through eta_k besides the sample: d/dtheta E_q[eps log p_theta]
     # = (score-function part, in A) + E_q_old[rho eps d log p_theta / dtheta]. Gradient descent on
     # -stopgrad(rho) eps log p_theta ascends it; divided by the advantages' scale to stay in their units, and

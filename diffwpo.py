@@ -1,6 +1,6 @@
 """DiffWPO: Wasserstein Policy Optimization (arXiv 2505.00663) on the Diffusion-Augmented MDP (arXiv 2512.02019).
 
-The policy is a K-step denoising chain in pre-tanh space R^A (../shared/method.md, sections 2-4):
+The policy is a K-step denoising chain in pre-tanh space R^A (docs/method.md, sections 2-4):
 
     x_0 ~ N(0, sigma_p^2 I),  q(x_{k+1} | x_k, s, k) = N(x_k + eta_k (-x_k / sigma_p^2 + u(s, x_k, k)), 2 eta_k)
     a = low + (tanh(x_K) + 1) / 2 * (high - low),   step sizes eta_k in (0, eta_max) learned
@@ -12,13 +12,13 @@ and discounts only at k = K-1, and l_k replaces log pi. DA-MDP REPPO's on-policy
 WPO's actor update, one kernel step per sample (no back-propagation through the chain). A rollout of T env steps
 is T*K DA transitions:
 
-    critic target  soft TD(lambda) over DA steps with gamma_k = lambda_k = 1 inside the chain (method.md section 3):
+    critic target  soft TD(lambda) over DA steps with gamma_k = lambda_k = 1 inside the chain (docs/method.md, section 3):
                    G_{K-1,t} = r_t + gamma (1 - terminated_t) [ alpha (H_p - l'_0) + lambda G_{0,t+1} + (1 - lambda) Q(s'_t, x'_1, 0) ]
                    G_{k,t}   = G_{K-1,t} - alpha sum_{j>k} l_{j,t}       (x'_0 ~ prior, x'_1 ~ q(.|s'_t, x'_0, 0) afresh;
                    G_{0,t+1} := Q(s'_t, x'_1, 0) where the episode was truncated or the rollout ends)
                    H_p = A/2 log(2 pi e sigma_p^2), the prior's entropy: E[log pi] <= -H_p + E[sum_k l_k], so the chain's
-                   entropy bonus per env step is alpha (H_p - sum_k l_k), not the relative -alpha sum_k l_k (method.md leaves
-                   out this constant, which matters only where episodes terminate; --no-prior-entropy-bonus drops it)
+                   entropy bonus per env step is alpha (H_p - sum_k l_k), not the relative -alpha sum_k l_k (the constant
+                   matters only where episodes terminate; --no-prior-entropy-bonus drops it)
     critic loss    cross-entropy of the categorical critic Q(s, x_{k+1}, k) to HL-Gauss(G), as in REPPO
     actor loss     per sample:  sum_d stopgrad(alpha g_l - g_Q)_d g_l(theta)_d,  while KL_i <= kl_bound
                                 stopgrad(beta) KL_i,   otherwise
@@ -123,7 +123,7 @@ class Args:
     diffusion_steps: int = 8
     """K, the number of denoising steps of the chain"""
     prior_std: float = 1.0
-    """sigma_p, the std of the prior x_0 ~ N(0, sigma_p^2 I); 1, not method.md's 3, which saturates actions and pins the critic (README)"""
+    """sigma_p, the std of the prior x_0 ~ N(0, sigma_p^2 I); 1, since 3 saturates actions and pins the critic (docs/method.md)"""
     eta_max: float = 1.0
     """upper bound of the learned step sizes eta_k (kernel std at most sqrt(2 eta_max))"""
     eta_lr: float | None = None
@@ -304,8 +304,8 @@ class DiffusionPolicy(nn.Module):
         # u starts at zero: the initial chain is an Ornstein-Uhlenbeck chain that keeps x ~ N(0, sigma_p^2)
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
-        # eta_k = 0.5 * sched(k), sched(k) = 0.17 + 0.83 (K - k) / K, learned per (step, dim) in (0, eta_max):
-        # unbounded (softplus) step sizes kept growing on Hopper in DiffSAC until the critic diverged
+        # eta_k = 0.5 * sched(k), sched(k) = 0.17 + 0.83 (K - k) / K, learned per (step, dim); bounded by eta_max,
+        # since nothing else stops the entropy bonus from growing them until the critic diverges
         steps = torch.arange(diffusion_steps, dtype=torch.float32)
         eta = 0.5 * (0.17 + 0.83 * (diffusion_steps - steps) / diffusion_steps)
         self.eta_param = nn.Parameter(torch.logit(eta / eta_max)[:, None].repeat(1, action_dim))
@@ -322,14 +322,14 @@ class DiffusionPolicy(nn.Module):
 
     def log_ratio(self, x, k, x_next, mean, std):
         """l_k = log q(x_{k+1} | x_k, s, k) - log p(x_k | x_{k+1}), given q's mean and std."""
-        # Decision (method.md section 2): p is normalised in x_k (drift at x_{k+1}, same eta_k as q),
-        # unlike the reference code, which evaluates the drift at x_k with eta_{k+1}.
+        # p is normalised in x_k (drift at x_{k+1}, the same eta_k as q), so l_k is a true log density ratio;
+        # the authors' code evaluates the drift at x_k with eta_{k+1} (docs/method.md, section 2)
         reverse_mean = x_next - (std**2 / 2) * x_next / self.prior_std**2
         # q and p share the variance 2 eta_k = std^2, so their normalising constants cancel
         l_k = (((x - reverse_mean) ** 2 - (x_next - mean) ** 2) / (2 * std**2)).sum(-1)
         if self.tanh_correction:
-            # Decision (measured for DiffSAC, benchmarks/results): without it the chain buys entropy in tanh's flat,
-            # saturated region. At the last step subtract log|d tanh(x_K)/dx_K| = sum 2 (log 2 - x - softplus(-2x)).
+            # without it the chain buys entropy in tanh's flat, saturated region; at the last step
+            # subtract log|d tanh(x_K)/dx_K| = sum_d 2 (log 2 - x - softplus(-2x)), as SAC does
             log_det = 2 * (np.log(2.0) - x_next - F.softplus(-2 * x_next)).sum(-1)
             l_k = l_k - torch.where(k == self.diffusion_steps - 1, log_det, 0.0)
         return l_k

@@ -1,4 +1,4 @@
-"""The turning double-well task of arXiv 2512.02019 (method.md section 5), and an n-well variant.
+"""The turning double-well task of arXiv 2512.02019 (docs/method.md, section 5), and an n-well variant.
 
 A walker in the plane observes only its heading, as a unit vector. Its action a in [-1, 1] turns it by
 a * 90 degrees, then it moves one unit. The reward depends on the turn alone:

@@ -1,4 +1,4 @@
-"""The math of diffppo.py and baselines/ppo.py: kernels, DA-MDP bookkeeping, GAE, losses, normalisers (method.md sections 2-4)."""
+"""The math of diffppo.py and baselines/ppo.py: kernels, DA-MDP bookkeeping, GAE, losses, normalisers (docs/method.md, sections 2-4)."""
 
 import math
 

@@ -29,7 +29,7 @@ def test_step_sizes_follow_the_reference_schedule(diffsac):
     expected = torch.tensor([0.5 * (0.17 + 0.83 * (8 - k) / 8) for k in range(8)])
     torch.testing.assert_close(eta[:, 0], expected)
     assert eta[0, 0].item() == pytest.approx(0.5)
-    # the last step's kernel std sqrt(2 eta_{K-1}) is about 0.52 at K = 8 (method.md section 7)
+    # the last step's kernel std sqrt(2 eta_{K-1}) is about 0.52 at K = 8 (docs/method.md, section 7)
     assert math.sqrt(2 * eta[-1, 0].item()) == pytest.approx(0.523, abs=1e-3)
 
 

@@ -1,4 +1,4 @@
-"""The multimodal benchmark env (method.md section 5)."""
+"""The multimodal benchmark env (docs/method.md, section 5)."""
 
 import gymnasium as gym
 import numpy as np
