@@ -1,30 +1,33 @@
 """DiffSAC: Soft Actor-Critic on the Diffusion-Augmented MDP (arXiv 2512.02019), diffusion policy.
 
-The policy is a K-step denoising chain in pre-tanh space R^A (docs/method.md, sections 2-4):
+Maximum-entropy RL maximises E[ sum_t gamma^t (r_t + alpha * H(pi(.|s_t))) ]. Here the policy is a K-step
+denoising chain in pre-tanh space R^A, with u(s, x_k, k) an MLP (docs/method.md, sections 2-4):
 
     x_0 ~ N(0, sigma_p^2 I),  q(x_{k+1} | x_k, s, k) = N(x_k + eta_k (-x_k / sigma_p^2 + u(s, x_k, k)), 2 eta_k)
     a = tanh(x_K), mapped to the env's bounds;  step sizes eta_k in (0, eta_max) learned
 
-log pi(a|s) of a chain is intractable. The one idea: make every denoising step a step of an
-augmented MDP (the DA-MDP) with state (s, x_k, k) and action x_{k+1}, env reward and discount only
-at k = K-1, and replace log pi by the per-step log ratio against the noising kernel p:
+log pi(a|s) of a chain is intractable. The method makes every denoising step a step of an augmented
+MDP (the DA-MDP) with state (s, x_k, k) and action x_{k+1}, env reward and discount only at k = K-1,
+and replaces log pi by the per-step log ratio against the noising kernel p:
 
     p(x_k | x_{k+1}) = N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k),   l_k = log q(x_{k+1}|x_k,s,k) - log p(x_k|x_{k+1})
     l_{K-1} -= sum_d log(1 - tanh(x_K,d)^2)    (tanh correction, as in SAC)
     H_hat = H_prior - sum_k l_k  <=  H(pi(.|s)) in expectation,  H_prior = A/2 log(2 pi e sigma_p^2)
 
-SAC then runs on the DA-MDP, one kernel step per gradient sample, never back-propagating through the
-chain. The buffer holds env transitions (s, a, r, s') as SAC's does; the in-chain transitions cost no
-env step, so each update simulates them: one chain x'_0 -> x'_K of the current policy at the replayed s'
-(K kernel steps without gradient), which also gives the env-step target. A batch row is a DA transition:
+SAC then runs on the DA-MDP: every gradient sample is one kernel step, never back-propagation through
+the chain. The buffer holds env transitions (s, a, r, s') as SAC's does. In-chain transitions cost no
+env step, so each update simulates them: one chain x'_0 -> x'_K of the current policy (primes), without
+gradient, at the replayed next states s'. A batch row is one DA transition, scored by Q_i(state, tanh(x_{k+1}), k):
 
-    k = K-1 (share --last-step-share):  (s, a) -> y = r + gamma (1 - terminated) [min_i Qbar_i(s', a', K-1) + alpha H_hat']
-    k < K-1 (uniform), at s':           (s', x'_{k+1}) -> y = min_i Qbar_i(s', a', K-1) - alpha (l'_{k+1} + ... + l'_{K-1})
-    with a' = tanh(x'_K), H_hat' = H_prior - sum_j l'_j; critics Q_i(s, tanh(x_{k+1}), k)
+    k = K-1 (share --last-step-share)  (s, a):            y = r + gamma (1 - terminated) [min_i Qbar_i(s', a', K-1) + alpha H_hat']
+    k < K-1 (uniform)                  (s', x'_{k+1}):    y = min_i Qbar_i(s', a', K-1) - alpha (l'_{k+1} + ... + l'_{K-1})
     actor loss     E[alpha l_k(theta) - min_i Q_i(s', tanh(x_{k+1}(theta)), k)],  x_{k+1} ~ q(.|x'_k, s', k) reparameterised
-    temperature    loss alpha * stopgrad(H_hat - H_target),  H_target = -c A
+    temperature    fixed by default; --autotune: loss alpha * stopgrad(H_hat - H_target),  H_target = -c A
 
-`diff baselines/sac.py diffsac.py` shows exactly what changes from SAC.
+with a' = tanh(x'_K) and H_hat' = H_prior - sum_j l'_j. The chain is the current policy's own continuation
+from each of its x'_{k+1}, so an in-chain target is an unbiased multi-step return with no reward and no
+discount; only the env-step critic Q(., ., K-1) is bootstrapped. Q_i are Polyak-averaged into Qbar_i.
+`diff baselines/sac.py diffsac.py` shows what changes from SAC.
 
 Run:  python diffsac.py --env-id Hopper-v5 --total-timesteps 100000
 """
@@ -99,23 +102,23 @@ class Args:
     hidden_dim: int = 256
     """width of the hidden layers of every network"""
     alpha_init: float = 0.005
-    """initial entropy temperature alpha; the entropy bound charges transport away from the prior, so
-    alpha sits far below SAC's (see the temperature table in benchmarks/results/README.md)"""
+    """initial entropy temperature alpha; far below SAC's, since the bound H_hat also charges the chain for
+    moving mass away from the prior (docs/method.md, section 4)"""
     autotune: bool = False
-    """if toggled, alpha is tuned towards the entropy target (the bound's looseness grows as the policy learns,
+    """if toggled, alpha is tuned towards the entropy target (off: the bound's gap grows as the policy learns,
     so a fixed target drives alpha up)"""
     target_entropy_scale: float = 4.0
-    """c in the entropy target H_target = -c * action_dim of the chain's entropy bound H_hat, with --autotune"""
+    """c in the entropy target H_target = -c * action_dim of the chain's entropy bound H_hat (with --autotune)"""
     diffusion_steps: int = 8
     """K, the number of denoising steps of the chain"""
     prior_std: float = 3.0
-    """sigma_p, the std of the prior x_0 ~ N(0, sigma_p^2 I)"""
+    """sigma_p, the std of the prior x_0 ~ N(0, sigma_p^2 I), the paper's (1 saturates the actions at this alpha)"""
     last_step_share: float | None = 0.5
     """share of each batch's DA transitions at the env step k = K-1, the rest uniform below; None: k uniform"""
     eta_max: float = 1.0
     """upper bound of the learned step sizes eta_k (kernel std at most sqrt(2 eta_max))"""
     eta_lr: float | None = None
-    """the learning rate of the step sizes eta_k (None: --policy-lr); the multimodal task needs a faster one"""
+    """the learning rate of the step sizes eta_k (None: --policy-lr); narrow optima (benchmarks/multimodal.py) need a faster one"""
     tanh_correction: bool = True
     """if toggled, l_{K-1} includes tanh's log-det, so the entropy estimate is of the squashed action, as in SAC"""
 
@@ -354,12 +357,12 @@ def critic_loss(batch, k, chain, log_ratios, actor, qf1, qf2, qf1_target, qf2_ta
 
 
 def actor_loss(batch, k, chain, actor, qf1, qf2, alpha):
-    """E[alpha l_k(theta) - min_i Q_i(s', tanh(x'_{k+1}(theta)), k)], one reparameterised kernel step from x'_k."""
+    """E[alpha l_k(theta) - min_i Q_i(s', tanh(x_{k+1}(theta)), k)], one reparameterised kernel step from the chain's x'_k."""
     obs, x = batch["next_obs"], chain[torch.arange(len(k), device=k.device), k]
     x_next, l_k = actor.step(obs, x, k)
     action = torch.tanh(x_next)
     q = torch.min(qf1(obs, action, k), qf2(obs, action, k))
-    return (alpha * l_k - q).mean(), l_k
+    return (alpha * l_k - q).mean()
 
 
 def temperature_loss(log_alpha, entropy, target_entropy):
@@ -519,7 +522,7 @@ if __name__ == "__main__":
                 qf_loss.backward()
                 q_optimizer.step()
 
-                policy_loss, l_k = actor_loss(batch, k, chain, actor, qf1, qf2, alpha)
+                policy_loss = actor_loss(batch, k, chain, actor, qf1, qf2, alpha)
                 check_finite("actor_loss", policy_loss, global_step)
                 actor_optimizer.zero_grad()
                 policy_loss.backward()
@@ -548,7 +551,7 @@ if __name__ == "__main__":
                         "losses/actor_loss": policy_loss.item(),
                         "diffusion/alpha": log_alpha.exp().item(),
                         "diffusion/entropy": entropy.item(),
-                        "diffusion/saturated_fraction": (chain[:, -1].tanh().abs() > 0.99).float().mean().item(),
+                        "diffusion/saturated_fraction": (batch["actions"].abs() > 0.99).float().mean().item(),
                         **{f"diffusion/eta_{j}": eta_j.item() for j, eta_j in enumerate(actor.eta().mean(-1))},
                         "charts/SPS": int(global_step / (time.time() - start_time)),
                     },

@@ -94,7 +94,7 @@ def main():
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--samples", type=int, default=4000, help="actions sampled per heading")
     parser.add_argument("--near", type=float, help="a sample within this distance of an optimum covers it (default 0.4 / n)")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/multimodal_double_well.png")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/multimodal/double_well.png")
     parser.add_argument("--script-args", nargs=argparse.REMAINDER, default=[], help="extra flags for every script (last)")
     options = parser.parse_args()
     if options.checkpoints and len(options.checkpoints) != len(options.scripts):

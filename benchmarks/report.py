@@ -6,7 +6,7 @@ PAIRS, one more for exp_names outside the pairs) and `results.md` (the tables be
 command that made them); the tables are printed too. Only finished runs count (an evaluation at step ==
 total_timesteps) unless --include-unfinished, which takes a stopped run's last evaluation as its final one.
 
-    python benchmarks/report.py benchmarks/runs/quick/runs --out benchmarks/results/quick --copy-logs
+    python benchmarks/report.py benchmarks/runs/quick/runs --out benchmarks/runs/quick/report
 
 Definitions (over the seeds of one env id and exp_name; a seed is one run):
     final return   a run's last eval/episodic_return

@@ -33,7 +33,7 @@ Presets (2 workers, 1 torch thread each, on the 2-core machine of benchmarks/res
     python benchmarks/run.py --preset quick --workers 2              # results in benchmarks/runs/quick
     python benchmarks/run.py --preset quick --dry-run                # print the commands, run nothing
     python benchmarks/run.py --preset paper --backend submitit --slurm-partition PART --workers 64
-    python benchmarks/report.py benchmarks/runs/quick/runs --out benchmarks/results/quick
+    python benchmarks/report.py benchmarks/runs/quick/runs --out benchmarks/runs/quick/report
 
 `--backend submitit` (pip install submitit) hands the same commands to Slurm as one job array, with
 `--workers` as the array's parallelism and `--threads` CPUs per job; it returns once they are submitted
