@@ -281,3 +281,17 @@ def test_real_next_obs_under_same_step_autoreset(diffsac):
     assert truncated[0] and not terminated[0]
     np.testing.assert_array_equal(real[0], infos["final_obs"][0])
     assert not np.allclose(real[0], next_obs[0])
+
+
+def test_an_update_runs_the_policy_k_times_without_gradient_and_once_with(diffsac):
+    """The cost of the DA-MDP update: one chain at s' (K kernel steps, no gradient) and one reparameterised step."""
+    diffusion_steps = 4
+    policy = make_policy(diffsac, diffusion_steps)
+    calls = []
+    policy.net.register_forward_hook(lambda module, inputs, output: calls.append(torch.is_grad_enabled()))
+    batch, k = hand_batch(), torch.tensor([3, 3, 0, 1])
+    critic = diffsac.SoftQNetwork(OBS_DIM, ACTION_DIM, HIDDEN, diffusion_steps)
+    _, chain, log_ratios = current_chain(policy, batch)
+    diffsac.critic_loss(batch, k, chain, log_ratios, policy, critic, critic, critic, critic, 0.1, 0.9)
+    diffsac.actor_loss(batch, k, chain, policy, critic, critic, 0.1)
+    assert calls == [False] * diffusion_steps + [True]
