@@ -551,7 +551,7 @@ if __name__ == "__main__":
                         "losses/actor_loss": policy_loss.item(),
                         "diffusion/alpha": log_alpha.exp().item(),
                         "diffusion/entropy": entropy.item(),
-                        "diffusion/saturated_fraction": (batch["actions"].abs() > 0.99).float().mean().item(),
+                        "diffusion/saturated_fraction": (chain[:, -1].tanh().abs() > 0.99).float().mean().item(),
                         **{f"diffusion/eta_{j}": eta_j.item() for j, eta_j in enumerate(actor.eta().mean(-1))},
                         "charts/SPS": int(global_step / (time.time() - start_time)),
                     },
