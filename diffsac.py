@@ -97,24 +97,20 @@ class Args:
     """the learning rate of the policy and the temperature"""
     q_lr: float = 1e-3
     """the learning rate of the critics"""
-    updates_per_step: int = 1
-    """gradient updates per env step"""
     hidden_dim: int = 256
     """width of the hidden layers of every network"""
     alpha_init: float = 0.005
-    """initial entropy temperature alpha; far below SAC's, since the bound H_hat also charges the chain for
-    moving mass away from the prior (docs/method.md, section 4)"""
+    """initial entropy temperature alpha; below SAC's, as the bound H_hat also charges moving away from the prior"""
     autotune: bool = False
-    """if toggled, alpha is tuned towards the entropy target (off: the bound's gap grows as the policy learns,
-    so a fixed target drives alpha up)"""
+    """if toggled, alpha is tuned towards the entropy target (off: the bound's gap grows as the policy learns)"""
     target_entropy_scale: float = 4.0
     """c in the entropy target H_target = -c * action_dim of the chain's entropy bound H_hat (with --autotune)"""
     diffusion_steps: int = 8
     """K, the number of denoising steps of the chain"""
     prior_std: float = 3.0
     """sigma_p, the std of the prior x_0 ~ N(0, sigma_p^2 I), the paper's (1 saturates the actions at this alpha)"""
-    last_step_share: float | None = 0.5
-    """share of each batch's DA transitions at the env step k = K-1, the rest uniform below; None: k uniform"""
+    last_step_share: float = 0.5
+    """share of each batch's DA transitions at the env step k = K-1; the rest have k uniform below K-1"""
     eta_max: float = 1.0
     """upper bound of the learned step sizes eta_k (kernel std at most sqrt(2 eta_max))"""
     eta_lr: float | None = None
@@ -138,41 +134,38 @@ def make_env(env_id, seed):
     return thunk
 
 
+def first_line(error):
+    """The first line of an exception's message, for a one-line `error:`."""
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
 def check_args(args):
-    """Exit with one clear line on input that cannot train."""
+    """Exit with one clear `error:` line on input that cannot train."""
     try:
         probe = gym.make(args.env_id)
     except Exception as error:
-        first_line = (str(error).splitlines() or [type(error).__name__])[0]
-        raise SystemExit(f"error: cannot make --env-id {args.env_id!r}: {first_line}") from None
+        raise SystemExit(f"error: cannot make --env-id {args.env_id!r}: {first_line(error)}") from None
     if not isinstance(probe.action_space, gym.spaces.Box):
         raise SystemExit(
             f"error: --env-id {args.env_id!r} has action space {probe.action_space}; only continuous (Box) actions are supported"
         )
     probe.close()
-    if not 0 <= args.seed < 2**31:
-        raise SystemExit(f"error: --seed must lie in [0, 2**31), got {args.seed}")
-    if args.eval_episodes < 1:
-        raise SystemExit(f"error: --eval-episodes must be at least 1, got {args.eval_episodes}")
-    if args.evaluate_checkpoint is not None:
-        return
-    for name in "total_timesteps eval_frequency buffer_size batch_size policy_lr q_lr hidden_dim alpha_init prior_std".split():
-        if not getattr(args, name) > 0:  # also rejects NaN
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in "gamma tau".split():
-        if not 0 <= getattr(args, name) <= 1:
-            raise SystemExit(f"error: --{name.replace('_', '-')} must lie in [0, 1], got {getattr(args, name)}")
-    if args.diffusion_steps < 1:
-        raise SystemExit(f"error: --diffusion-steps must be at least 1, got {args.diffusion_steps}")
-    if args.last_step_share is not None and not 0 < args.last_step_share < 1:
-        raise SystemExit(f"error: --last-step-share must lie strictly between 0 and 1, got {args.last_step_share}")
-    if args.eta_max <= 0.5:
-        raise SystemExit(f"error: --eta-max must exceed 0.5, the first step's initial step size, got {args.eta_max}")
-    if args.eta_lr is not None and args.eta_lr <= 0:
-        raise SystemExit(f"error: --eta-lr must be positive, got {args.eta_lr}")
-    if args.num_envs < 1 or args.batch_size < 1 or args.updates_per_step < 1:
-        raise SystemExit("error: --num-envs, --batch-size and --updates-per-step must be at least 1")
-    if args.total_timesteps <= max(args.learning_starts, args.batch_size):
+    rules = [("seed", "must lie in [0, 2**31)", 0 <= args.seed < 2**31), ("eval_episodes", "must be at least 1", args.eval_episodes >= 1)]
+    if args.evaluate_checkpoint is None:
+        positive = "total_timesteps eval_frequency buffer_size batch_size policy_lr q_lr hidden_dim alpha_init prior_std".split()
+        rules += [(name, "must be positive", getattr(args, name) > 0) for name in positive]  # `> 0` also rejects NaN
+        rules += [(name, "must lie in [0, 1]", 0 <= getattr(args, name) <= 1) for name in ("gamma", "tau")]
+        rules += [("num_envs", "must be at least 1", args.num_envs >= 1)]
+        rules += [
+            ("diffusion_steps", "must be at least 1", args.diffusion_steps >= 1),
+            ("eta_lr", "must be positive", args.eta_lr is None or args.eta_lr > 0),
+        ]
+        rules += [("last_step_share", "must lie strictly between 0 and 1", 0 < args.last_step_share < 1)]
+        rules += [("eta_max", "must exceed 0.5, the first step's initial step size", args.eta_max > 0.5)]
+    for name, rule, holds in rules:
+        if not holds:
+            raise SystemExit(f"error: --{name.replace('_', '-')} {rule}, got {getattr(args, name)}")
+    if args.evaluate_checkpoint is None and args.total_timesteps <= max(args.learning_starts, args.batch_size):
         raise SystemExit(
             f"error: --total-timesteps {args.total_timesteps} must exceed --learning-starts {args.learning_starts} "
             f"and --batch-size {args.batch_size}, or no gradient update would run"
@@ -180,11 +173,8 @@ def check_args(args):
 
 
 def real_next_obs(next_obs, infos):
-    """True next observations of a vector env step with SAME_STEP autoreset.
-
-    A finished env already returns its reset observation; the episode's last one is in
-    infos["final_obs"]. Truncation does not end bootstrapping: only `terminated` is stored.
-    """
+    """The true s' of a vector env step with SAME_STEP autoreset: a finished env returns its reset observation and
+    keeps the episode's last one in infos["final_obs"]. (Truncation does not end bootstrapping: only `terminated` is stored.)"""
     real = next_obs.copy()
     for i in np.flatnonzero(infos.get("_final_obs", [])):
         real[i] = infos["final_obs"][i]
@@ -200,23 +190,13 @@ def check_finite(name, value, step):
 def mlp(in_dim, out_dim, hidden_dim, layer_norm=False):
     """Two hidden ReLU layers; critics add LayerNorm for stability."""
     norm = (lambda: nn.LayerNorm(hidden_dim)) if layer_norm else nn.Identity
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim),
-        norm(),
-        nn.ReLU(),
-        nn.Linear(hidden_dim, hidden_dim),
-        norm(),
-        nn.ReLU(),
-        nn.Linear(hidden_dim, out_dim),
-    )
+    hidden = [nn.Linear(in_dim, hidden_dim), norm(), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), norm(), nn.ReLU()]
+    return nn.Sequential(*hidden, nn.Linear(hidden_dim, out_dim))
 
 
 class SoftQNetwork(nn.Module):
-    """Q(s, a, k): the soft value of choosing x_{k+1} at denoising step k, seen as a = tanh(x_{k+1}) in [-1, 1]^A.
-
-    At k = K-1 that is the env's squashed action, as in SAC; bounded inputs at every k keep the actor from
-    chasing a ReLU critic's linear extrapolation to large |x|.
-    """
+    """Q(s, a, k), the soft value of x_{k+1} at denoising step k, seen as a = tanh(x_{k+1}) in [-1, 1]^A (at k = K-1 the
+    env's action, as in SAC); the bounded input keeps the actor from chasing the critic's extrapolation to large |x|."""
 
     def __init__(self, obs_dim, action_dim, hidden_dim, diffusion_steps):
         super().__init__()
@@ -229,18 +209,18 @@ class SoftQNetwork(nn.Module):
 
 
 class DiffusionPolicy(nn.Module):
-    """K-step denoising chain x_0 -> x_K in pre-tanh space; the squashed action is tanh(x_K) in [-1, 1]^A."""
+    """K-step denoising chain x_0 -> x_K in pre-tanh space R^A; the squashed action is tanh(x_K) in [-1, 1]^A."""
 
     def __init__(self, obs_dim, action_dim, hidden_dim, diffusion_steps, prior_std, eta_max, tanh_correction):
         super().__init__()
         self.action_dim, self.diffusion_steps, self.prior_std = action_dim, diffusion_steps, prior_std
         self.eta_max, self.tanh_correction = eta_max, tanh_correction
         self.net = mlp(obs_dim + action_dim + diffusion_steps, action_dim, hidden_dim)
-        # u starts at zero: the initial chain is an Ornstein-Uhlenbeck chain that keeps x ~ N(0, sigma_p^2)
+        # u starts at zero: the initial chain is an Ornstein-Uhlenbeck chain that keeps x ~ N(0, sigma_p^2 I)
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
-        # eta_k = 0.5 * sched(k), sched(k) = 0.17 + 0.83 (K - k) / K, learned per (step, dim); bounded by eta_max,
-        # since nothing else stops the entropy bonus from growing them until the critic diverges
+        # eta_k starts at 0.5 (0.17 + 0.83 (K - k) / K) and is learned per (step, dim) below eta_max, since
+        # nothing else stops the entropy bonus from growing the steps until the critic diverges
         steps = torch.arange(diffusion_steps, dtype=torch.float32)
         eta = 0.5 * (0.17 + 0.83 * (diffusion_steps - steps) / diffusion_steps)
         self.eta_param = nn.Parameter(torch.logit(eta / eta_max)[:, None].repeat(1, action_dim))
@@ -249,22 +229,26 @@ class DiffusionPolicy(nn.Module):
         """Step sizes eta_k = eta_max * sigmoid(param), shape (K, A)."""
         return self.eta_max * torch.sigmoid(self.eta_param)
 
+    def prior_entropy(self):
+        """H_prior = A/2 log(2 pi e sigma_p^2), the entropy of x_0 ~ N(0, sigma_p^2 I)."""
+        return 0.5 * self.action_dim * np.log(2 * np.pi * np.e * self.prior_std**2)
+
     def kernel(self, obs, x, k):
-        """Mean and std of the denoising kernel q(x_{k+1} | x_k, s, k)."""
+        """Mean and std of the denoising kernel q(x_{k+1} | x_k, s, k) = N(x_k + eta_k (-x_k / sigma_p^2 + u), 2 eta_k)."""
         eta = self.eta()[k]
         u = self.net(torch.cat([obs, x, F.one_hot(k, self.diffusion_steps).float()], -1))
         return x + eta * (-x / self.prior_std**2 + u), torch.sqrt(2 * eta)
 
     def log_ratio(self, x, k, x_next, mean, std):
         """l_k = log q(x_{k+1} | x_k, s, k) - log p(x_k | x_{k+1}), given q's mean and std."""
-        # p is normalised in x_k (drift at x_{k+1}, the same eta_k as q), so l_k is a true log density ratio;
-        # the authors' code evaluates the drift at x_k with eta_{k+1} (docs/method.md, section 2)
+        # p(x_k | x_{k+1}) = N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k) is normalised in x_k, so l_k is a
+        # true log density ratio; the authors' code puts the drift at x_k, with eta_{k+1} (docs/method.md, section 2)
         reverse_mean = x_next - (std**2 / 2) * x_next / self.prior_std**2
         # q and p share the variance 2 eta_k = std^2, so their normalising constants cancel
         l_k = (((x - reverse_mean) ** 2 - (x_next - mean) ** 2) / (2 * std**2)).sum(-1)
         if self.tanh_correction:
-            # without it the chain buys entropy in tanh's flat, saturated region; at the last step
-            # subtract log|d tanh(x_K)/dx_K| = sum_d 2 (log 2 - x - softplus(-2x)), as SAC does
+            # at the last step subtract log|d tanh(x_K)/dx_K| = sum_d 2 (log 2 - x - softplus(-2x)), as SAC does, so
+            # the bound is of the squashed action and the chain cannot buy entropy in tanh's flat, saturated region
             log_det = 2 * (np.log(2.0) - x_next - F.softplus(-2 * x_next)).sum(-1)
             l_k = l_k - torch.where(k == self.diffusion_steps - 1, log_det, 0.0)
         return l_k
@@ -276,7 +260,10 @@ class DiffusionPolicy(nn.Module):
         return x_next, self.log_ratio(x, k, x_next, mean, std)
 
     def sample(self, obs, deterministic=False):
-        """Runs the whole chain from a fresh prior sample; returns tanh(x_K), the chain x_0..x_K (B, K+1, A) and l (B, K)."""
+        """The whole chain from a fresh prior sample: tanh(x_K), the chain x_0..x_K (B, K+1, A) and l_0..l_{K-1} (B, K).
+
+        deterministic: x_0 = 0 and every step takes the kernel's mean.
+        """
         x = torch.zeros(obs.shape[0], self.action_dim, device=obs.device)
         if not deterministic:
             x = self.prior_std * torch.randn_like(x)
@@ -291,8 +278,15 @@ class DiffusionPolicy(nn.Module):
         return torch.tanh(x), torch.stack(chain, 1), torch.stack(log_ratios, 1)
 
 
+def make_actor(obs_dim, action_dim, args):
+    """The policy of a run's Args (for training and for reloading a checkpoint)."""
+    return DiffusionPolicy(obs_dim, action_dim, args.hidden_dim, args.diffusion_steps, args.prior_std, args.eta_max, args.tanh_correction)
+
+
 class ReplayBuffer:
     """Fixed-size FIFO memory of env transitions (s, a, r, s', terminated)."""
+
+    fields = ("obs", "next_obs", "actions", "rewards", "terminated")
 
     def __init__(self, size, obs_dim, action_shape, device):
         self.size, self.device, self.pos, self.full = size, device, 0, False
@@ -304,43 +298,34 @@ class ReplayBuffer:
 
     def add(self, obs, next_obs, actions, rewards, terminated):
         for i in range(len(obs)):
-            self.obs[self.pos], self.next_obs[self.pos] = obs[i], next_obs[i]
-            self.actions[self.pos], self.rewards[self.pos] = actions[i], rewards[i]
-            self.terminated[self.pos] = terminated[i]
+            for field, value in zip(self.fields, (obs, next_obs, actions, rewards, terminated), strict=True):
+                getattr(self, field)[self.pos] = value[i]
             self.pos = (self.pos + 1) % self.size
             self.full = self.full or self.pos == 0
 
     def sample(self, batch_size):
         idx = np.random.randint(0, self.size if self.full else self.pos, batch_size)
-        fields = ("obs", "next_obs", "actions", "rewards", "terminated")
-        return {f: torch.as_tensor(getattr(self, f)[idx], device=self.device) for f in fields}
-
-
-def prior_entropy(actor):
-    """H_prior = A/2 log(2 pi e sigma_p^2), the entropy of x_0 ~ N(0, sigma_p^2 I)."""
-    return 0.5 * actor.action_dim * np.log(2 * np.pi * np.e * actor.prior_std**2)
+        return {field: torch.as_tensor(getattr(self, field)[idx], device=self.device) for field in self.fields}
 
 
 def sample_steps(batch_size, diffusion_steps, last_step_share, device):
     """Denoising steps k of a batch of DA transitions: K-1 (the env step) with probability last_step_share, else uniform below."""
-    share = 1.0 if diffusion_steps == 1 else (1 / diffusion_steps if last_step_share is None else last_step_share)
+    share = 1.0 if diffusion_steps == 1 else last_step_share
     below = torch.randint(max(diffusion_steps - 1, 1), (batch_size,), device=device)
     return torch.where(torch.rand(batch_size, device=device) < share, diffusion_steps - 1, below)
 
 
 def critic_target(batch, k, chain, log_ratios, actor, qf1_target, qf2_target, alpha, gamma):
-    """Soft targets of the DA transitions, given the current chain x'_0..x'_K and its l'_0..l'_{K-1} at s'.
+    """Soft targets of the DA transitions from the current chain x'_0..x'_K at s' and its l'_0..l'_{K-1}, a' = tanh(x'_K):
 
     k = K-1, the env step (s, a):        y = r + gamma (1 - terminated) [min_i Qbar_i(s', a', K-1) - alpha (sum_j l'_j - H_prior)]
     k < K-1, in the chain (s', x'_{k+1}): y = min_i Qbar_i(s', a', K-1) - alpha (l'_{k+1} + ... + l'_{K-1})
-    a' = tanh(x'_K). The chain is the current policy's own continuation from each of its x'_{k+1}, so one chain
-    gives every target, and every target bootstraps only the env-step critic Q(., ., K-1), as SAC bootstraps its Q.
     """
     with torch.no_grad():
         next_obs, next_action = batch["next_obs"], torch.tanh(chain[:, -1])
         last_step = torch.full_like(k, actor.diffusion_steps - 1)
         next_q = torch.min(qf1_target(next_obs, next_action, last_step), qf2_target(next_obs, next_action, last_step))
-        env_target = batch["rewards"] + gamma * (1 - batch["terminated"]) * (next_q - alpha * (log_ratios.sum(-1) - prior_entropy(actor)))
+        env_target = batch["rewards"] + gamma * (1 - batch["terminated"]) * (next_q - alpha * (log_ratios.sum(-1) - actor.prior_entropy()))
         later_l = log_ratios.flip(-1).cumsum(-1).flip(-1) - log_ratios  # sum_{j>k} l'_j, (B, K)
         in_chain_target = next_q - alpha * later_l.gather(1, k[:, None]).squeeze(1)
         return torch.where(k == actor.diffusion_steps - 1, env_target, in_chain_target)
@@ -397,18 +382,14 @@ def load_actor(path, device):
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=False)
     except Exception as error:  # missing, unreadable, or not a torch file
-        first_line = (str(error).splitlines() or [type(error).__name__])[0]
-        raise SystemExit(f"error: cannot load --evaluate-checkpoint {path}: {first_line}") from None
+        raise SystemExit(f"error: cannot load --evaluate-checkpoint {path}: {first_line(error)}") from None
     script = os.path.basename(__file__)
     written_by = checkpoint.get("script", "another program") if isinstance(checkpoint, dict) else "another program"
     if written_by != script:
         raise SystemExit(f"error: --evaluate-checkpoint {path} was written by {written_by}, not by {script}")
     saved = Args(**checkpoint["args"])
     env = gym.make(saved.env_id)
-    obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    actor = DiffusionPolicy(
-        obs_dim, action_dim, saved.hidden_dim, saved.diffusion_steps, saved.prior_std, saved.eta_max, saved.tanh_correction
-    )
+    actor = make_actor(env.observation_space.shape[0], env.action_space.shape[0], saved)
     actor.load_state_dict(checkpoint["actor"])
     return actor.to(device), saved, checkpoint["env_steps"]
 
@@ -463,12 +444,9 @@ if __name__ == "__main__":
     )
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
 
-    diffusion_steps = args.diffusion_steps
-    actor = DiffusionPolicy(obs_dim, action_dim, args.hidden_dim, diffusion_steps, args.prior_std, args.eta_max, args.tanh_correction).to(
-        device
-    )
-    qf1, qf2 = (SoftQNetwork(obs_dim, action_dim, args.hidden_dim, diffusion_steps).to(device) for _ in range(2))
-    qf1_target, qf2_target = (SoftQNetwork(obs_dim, action_dim, args.hidden_dim, diffusion_steps).to(device) for _ in range(2))
+    actor = make_actor(obs_dim, action_dim, args).to(device)
+    qf1, qf2 = (SoftQNetwork(obs_dim, action_dim, args.hidden_dim, args.diffusion_steps).to(device) for _ in range(2))
+    qf1_target, qf2_target = (SoftQNetwork(obs_dim, action_dim, args.hidden_dim, args.diffusion_steps).to(device) for _ in range(2))
     qf1_target.load_state_dict(qf1.state_dict())
     qf2_target.load_state_dict(qf2.state_dict())
     q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr)
@@ -510,10 +488,10 @@ if __name__ == "__main__":
         obs = next_obs
 
         if global_step > args.learning_starts:
-            for _ in range(args.updates_per_step * args.num_envs):
+            for _ in range(args.num_envs):  # one gradient update per env step
                 batch = rb.sample(args.batch_size)
                 alpha = log_alpha.exp().item()
-                k = sample_steps(args.batch_size, diffusion_steps, args.last_step_share, device)
+                k = sample_steps(args.batch_size, args.diffusion_steps, args.last_step_share, device)
                 with torch.no_grad():  # one current chain at s': the env-step targets and the in-chain transitions
                     _, chain, log_ratios = actor.sample(batch["next_obs"])
                 qf_loss, qf1_values = critic_loss(batch, k, chain, log_ratios, actor, qf1, qf2, qf1_target, qf2_target, alpha, args.gamma)
@@ -529,7 +507,7 @@ if __name__ == "__main__":
                 actor_optimizer.step()
 
                 # a lower bound of the action's entropy: the prior's entropy minus the sum over the K steps of l_k
-                entropy = prior_entropy(actor) - log_ratios.sum(-1).mean()
+                entropy = actor.prior_entropy() - log_ratios.sum(-1).mean()
                 if args.autotune:
                     alpha_loss = temperature_loss(log_alpha, entropy, target_entropy)
                     alpha_optimizer.zero_grad()
@@ -549,7 +527,7 @@ if __name__ == "__main__":
                         "losses/qf_loss": qf_loss.item() / 2,
                         "losses/qf1_values": qf1_values.mean().item(),
                         "losses/actor_loss": policy_loss.item(),
-                        "diffusion/alpha": log_alpha.exp().item(),
+                        "losses/alpha": log_alpha.exp().item(),
                         "diffusion/entropy": entropy.item(),
                         "diffusion/saturated_fraction": (chain[:, -1].tanh().abs() > 0.99).float().mean().item(),
                         **{f"diffusion/eta_{j}": eta_j.item() for j, eta_j in enumerate(actor.eta().mean(-1))},
@@ -570,9 +548,8 @@ if __name__ == "__main__":
             sps = (global_step - last_print_step) / (time.time() - last_print)  # recent speed, for the time left
             last_print, last_print_step = time.time(), global_step
             recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
-            # the warm-up runs no updates, so its speed says nothing about the learning phase
             time_left = f"{(args.total_timesteps - global_step) / max(sps, 1e-9) / 60:.1f} min"
-            time_left = "n/a until learning starts" if global_step <= args.learning_starts else time_left
+            time_left = "n/a until learning starts" if global_step <= args.learning_starts else time_left  # no updates yet
             print(f"step {global_step}/{args.total_timesteps} | return {recent} | SPS {sps:.0f} | time left {time_left}", flush=True)
 
         if stop:
@@ -581,18 +558,8 @@ if __name__ == "__main__":
 
     if args.save_model:
         model_path = os.path.join(run_dir, "model.pt")
-        torch.save(
-            {
-                "script": os.path.basename(__file__),
-                "env_steps": global_step,
-                "args": asdict(args),
-                "actor": actor.state_dict(),
-                "qf1": qf1.state_dict(),
-                "qf2": qf2.state_dict(),
-                "log_alpha": log_alpha.detach(),
-            },
-            model_path,
-        )
+        nets = {"actor": actor.state_dict(), "qf1": qf1.state_dict(), "qf2": qf2.state_dict(), "log_alpha": log_alpha.detach()}
+        torch.save({"script": os.path.basename(__file__), "env_steps": global_step, "args": asdict(args), **nets}, model_path)
         print(f"model saved to {model_path} at env step {global_step}")
     envs.close()
     writer.close()

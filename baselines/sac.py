@@ -82,8 +82,6 @@ class Args:
     """the learning rate of the policy and the temperature"""
     q_lr: float = 1e-3
     """the learning rate of the critics"""
-    updates_per_step: int = 1
-    """gradient updates per env step"""
     hidden_dim: int = 256
     """width of the hidden layers of every network"""
     alpha_init: float = 0.1
@@ -109,33 +107,32 @@ def make_env(env_id, seed):
     return thunk
 
 
+def first_line(error):
+    """The first line of an exception's message, for a one-line `error:`."""
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
 def check_args(args):
-    """Exit with one clear line on input that cannot train."""
+    """Exit with one clear `error:` line on input that cannot train."""
     try:
         probe = gym.make(args.env_id)
     except Exception as error:
-        first_line = (str(error).splitlines() or [type(error).__name__])[0]
-        raise SystemExit(f"error: cannot make --env-id {args.env_id!r}: {first_line}") from None
+        raise SystemExit(f"error: cannot make --env-id {args.env_id!r}: {first_line(error)}") from None
     if not isinstance(probe.action_space, gym.spaces.Box):
         raise SystemExit(
             f"error: --env-id {args.env_id!r} has action space {probe.action_space}; only continuous (Box) actions are supported"
         )
     probe.close()
-    if not 0 <= args.seed < 2**31:
-        raise SystemExit(f"error: --seed must lie in [0, 2**31), got {args.seed}")
-    if args.eval_episodes < 1:
-        raise SystemExit(f"error: --eval-episodes must be at least 1, got {args.eval_episodes}")
-    if args.evaluate_checkpoint is not None:
-        return
-    for name in "total_timesteps eval_frequency buffer_size batch_size policy_lr q_lr hidden_dim alpha_init".split():
-        if not getattr(args, name) > 0:  # also rejects NaN
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in "gamma tau".split():
-        if not 0 <= getattr(args, name) <= 1:
-            raise SystemExit(f"error: --{name.replace('_', '-')} must lie in [0, 1], got {getattr(args, name)}")
-    if args.num_envs < 1 or args.batch_size < 1 or args.updates_per_step < 1:
-        raise SystemExit("error: --num-envs, --batch-size and --updates-per-step must be at least 1")
-    if args.total_timesteps <= max(args.learning_starts, args.batch_size):
+    rules = [("seed", "must lie in [0, 2**31)", 0 <= args.seed < 2**31), ("eval_episodes", "must be at least 1", args.eval_episodes >= 1)]
+    if args.evaluate_checkpoint is None:
+        positive = "total_timesteps eval_frequency buffer_size batch_size policy_lr q_lr hidden_dim alpha_init".split()
+        rules += [(name, "must be positive", getattr(args, name) > 0) for name in positive]  # `> 0` also rejects NaN
+        rules += [(name, "must lie in [0, 1]", 0 <= getattr(args, name) <= 1) for name in ("gamma", "tau")]
+        rules += [("num_envs", "must be at least 1", args.num_envs >= 1)]
+    for name, rule, holds in rules:
+        if not holds:
+            raise SystemExit(f"error: --{name.replace('_', '-')} {rule}, got {getattr(args, name)}")
+    if args.evaluate_checkpoint is None and args.total_timesteps <= max(args.learning_starts, args.batch_size):
         raise SystemExit(
             f"error: --total-timesteps {args.total_timesteps} must exceed --learning-starts {args.learning_starts} "
             f"and --batch-size {args.batch_size}, or no gradient update would run"
@@ -143,11 +140,8 @@ def check_args(args):
 
 
 def real_next_obs(next_obs, infos):
-    """True next observations of a vector env step with SAME_STEP autoreset.
-
-    A finished env already returns its reset observation; the episode's last one is in
-    infos["final_obs"]. Truncation does not end bootstrapping: only `terminated` is stored.
-    """
+    """The true s' of a vector env step with SAME_STEP autoreset: a finished env returns its reset observation and
+    keeps the episode's last one in infos["final_obs"]. (Truncation does not end bootstrapping: only `terminated` is stored.)"""
     real = next_obs.copy()
     for i in np.flatnonzero(infos.get("_final_obs", [])):
         real[i] = infos["final_obs"][i]
@@ -163,15 +157,8 @@ def check_finite(name, value, step):
 def mlp(in_dim, out_dim, hidden_dim, layer_norm=False):
     """Two hidden ReLU layers; critics add LayerNorm for stability."""
     norm = (lambda: nn.LayerNorm(hidden_dim)) if layer_norm else nn.Identity
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim),
-        norm(),
-        nn.ReLU(),
-        nn.Linear(hidden_dim, hidden_dim),
-        norm(),
-        nn.ReLU(),
-        nn.Linear(hidden_dim, out_dim),
-    )
+    hidden = [nn.Linear(in_dim, hidden_dim), norm(), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), norm(), nn.ReLU()]
+    return nn.Sequential(*hidden, nn.Linear(hidden_dim, out_dim))
 
 
 class SoftQNetwork(nn.Module):
@@ -206,8 +193,15 @@ class Actor(nn.Module):
         return torch.tanh(x), (dist.log_prob(x) - log_det).sum(-1)
 
 
+def make_actor(obs_dim, action_dim, args):
+    """The policy of a run's Args (for training and for reloading a checkpoint)."""
+    return Actor(obs_dim, action_dim, args.hidden_dim)
+
+
 class ReplayBuffer:
     """Fixed-size FIFO memory of env transitions (s, a, r, s', terminated)."""
+
+    fields = ("obs", "next_obs", "actions", "rewards", "terminated")
 
     def __init__(self, size, obs_dim, action_shape, device):
         self.size, self.device, self.pos, self.full = size, device, 0, False
@@ -219,16 +213,14 @@ class ReplayBuffer:
 
     def add(self, obs, next_obs, actions, rewards, terminated):
         for i in range(len(obs)):
-            self.obs[self.pos], self.next_obs[self.pos] = obs[i], next_obs[i]
-            self.actions[self.pos], self.rewards[self.pos] = actions[i], rewards[i]
-            self.terminated[self.pos] = terminated[i]
+            for field, value in zip(self.fields, (obs, next_obs, actions, rewards, terminated), strict=True):
+                getattr(self, field)[self.pos] = value[i]
             self.pos = (self.pos + 1) % self.size
             self.full = self.full or self.pos == 0
 
     def sample(self, batch_size):
         idx = np.random.randint(0, self.size if self.full else self.pos, batch_size)
-        fields = ("obs", "next_obs", "actions", "rewards", "terminated")
-        return {f: torch.as_tensor(getattr(self, f)[idx], device=self.device) for f in fields}
+        return {field: torch.as_tensor(getattr(self, field)[idx], device=self.device) for field in self.fields}
 
 
 def critic_target(batch, actor, qf1_target, qf2_target, alpha, gamma):
@@ -272,7 +264,7 @@ def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=Non
             done, episode_return = False, 0.0
             while not done:
                 with torch.no_grad():
-                    action, _ = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)
+                    action = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)[0]
                 obs, reward, terminated, truncated, _ = env.step(to_env(action[0].cpu().numpy(), env.action_space))
                 episode_return += float(reward)
                 done = terminated or truncated
@@ -286,15 +278,14 @@ def load_actor(path, device):
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=False)
     except Exception as error:  # missing, unreadable, or not a torch file
-        first_line = (str(error).splitlines() or [type(error).__name__])[0]
-        raise SystemExit(f"error: cannot load --evaluate-checkpoint {path}: {first_line}") from None
+        raise SystemExit(f"error: cannot load --evaluate-checkpoint {path}: {first_line(error)}") from None
     script = os.path.basename(__file__)
     written_by = checkpoint.get("script", "another program") if isinstance(checkpoint, dict) else "another program"
     if written_by != script:
         raise SystemExit(f"error: --evaluate-checkpoint {path} was written by {written_by}, not by {script}")
     saved = Args(**checkpoint["args"])
     env = gym.make(saved.env_id)
-    actor = Actor(env.observation_space.shape[0], env.action_space.shape[0], saved.hidden_dim)
+    actor = make_actor(env.observation_space.shape[0], env.action_space.shape[0], saved)
     actor.load_state_dict(checkpoint["actor"])
     return actor.to(device), saved, checkpoint["env_steps"]
 
@@ -349,7 +340,7 @@ if __name__ == "__main__":
     )
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
 
-    actor = Actor(obs_dim, action_dim, args.hidden_dim).to(device)
+    actor = make_actor(obs_dim, action_dim, args).to(device)
     qf1, qf2 = (SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device) for _ in range(2))
     qf1_target, qf2_target = (SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device) for _ in range(2))
     qf1_target.load_state_dict(qf1.state_dict())
@@ -391,7 +382,7 @@ if __name__ == "__main__":
         obs = next_obs
 
         if global_step > args.learning_starts:
-            for _ in range(args.updates_per_step * args.num_envs):
+            for _ in range(args.num_envs):  # one gradient update per env step
                 batch = rb.sample(args.batch_size)
                 alpha = log_alpha.exp().item()
                 qf_loss, qf1_values = critic_loss(batch, actor, qf1, qf2, qf1_target, qf2_target, alpha, args.gamma)
@@ -426,7 +417,7 @@ if __name__ == "__main__":
                         "losses/qf_loss": qf_loss.item() / 2,
                         "losses/qf1_values": qf1_values.mean().item(),
                         "losses/actor_loss": policy_loss.item(),
-                        "policy/alpha": log_alpha.exp().item(),
+                        "losses/alpha": log_alpha.exp().item(),
                         "policy/entropy": entropy.item(),
                         "policy/saturated_fraction": (batch["actions"].abs() > 0.99).float().mean().item(),
                         "charts/SPS": int(global_step / (time.time() - start_time)),
@@ -446,9 +437,8 @@ if __name__ == "__main__":
             sps = (global_step - last_print_step) / (time.time() - last_print)  # recent speed, for the time left
             last_print, last_print_step = time.time(), global_step
             recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
-            # the warm-up runs no updates, so its speed says nothing about the learning phase
             time_left = f"{(args.total_timesteps - global_step) / max(sps, 1e-9) / 60:.1f} min"
-            time_left = "n/a until learning starts" if global_step <= args.learning_starts else time_left
+            time_left = "n/a until learning starts" if global_step <= args.learning_starts else time_left  # no updates yet
             print(f"step {global_step}/{args.total_timesteps} | return {recent} | SPS {sps:.0f} | time left {time_left}", flush=True)
 
         if stop:
@@ -457,18 +447,8 @@ if __name__ == "__main__":
 
     if args.save_model:
         model_path = os.path.join(run_dir, "model.pt")
-        torch.save(
-            {
-                "script": os.path.basename(__file__),
-                "env_steps": global_step,
-                "args": asdict(args),
-                "actor": actor.state_dict(),
-                "qf1": qf1.state_dict(),
-                "qf2": qf2.state_dict(),
-                "log_alpha": log_alpha.detach(),
-            },
-            model_path,
-        )
+        nets = {"actor": actor.state_dict(), "qf1": qf1.state_dict(), "qf2": qf2.state_dict(), "log_alpha": log_alpha.detach()}
+        torch.save({"script": os.path.basename(__file__), "env_steps": global_step, "args": asdict(args), **nets}, model_path)
         print(f"model saved to {model_path} at env step {global_step}")
     envs.close()
     writer.close()
