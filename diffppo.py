@@ -21,14 +21,13 @@ PPO then runs on the DA-MDP: a rollout of T env steps is T*K DA steps j = t*K + 
                   rho = q_theta(x_{k+1}|x_k,s,k) / q_old(x_{k+1}|x_k,s,k), one kernel step, never the whole chain
     value loss    0.5 E[max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)],  R = A + V_old
 
-sigma_p = 1: under tanh, std 3 saturates 38% of the initial action coordinates and PPO's small bonus does not
-undo it. V(s, x_k, k) is 256 wide (--critic-hidden-dim), the policy 64 wide, as in the twin: the value of a DA
-state depends on x_k too (at k = K-1 it is nearly Q(s, a)). The measurements are in benchmarks/results.
-Minibatches mix all T*K DA steps. A truncated env step adds gamma V(final observation, x_0 ~ prior, 0)
-to its reward and ends the trace. Observation statistics live inside the policy (saved with it;
-evaluation does not update them), rewards are scaled by the running std of the discounted return.
+V is 256 wide (--critic-hidden-dim), the policy 64 wide as CleanRL's: the diffusion chain's V(s, x_k, k) depends
+on x_k too and needs the width most, and PPO learns faster with it too (benchmarks/results). A truncated env step adds
+gamma V(final observation) (on the DA-MDP at x_0 ~ prior, k = 0) to its reward and ends the trace. Observations
+are normalised by running statistics that the Agent keeps in front of the policy (saved with it; evaluation does
+not update them), rewards by the running std of the discounted return.
 
-`diff baselines/ppo.py diffppo.py` shows exactly what changes from PPO.
+`diff baselines/ppo.py diffppo.py` shows exactly what changes when the Gaussian becomes a diffusion chain.
 
 Run:  python diffppo.py --env-id Hopper-v5 --total-timesteps 1000000
 """
@@ -143,64 +142,45 @@ def make_env(env_id, seed):
     return thunk
 
 
+def first_line(error):
+    """The first line of an exception's message, for a one-line `error:`."""
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
 def check_args(args):
-    """Exit with one clear line on input that cannot train."""
+    """Exit with one clear `error:` line on input that cannot train."""
     try:
         probe = gym.make(args.env_id)
     except Exception as error:
-        first_line = (str(error).splitlines() or [type(error).__name__])[0]
-        raise SystemExit(f"error: cannot make --env-id {args.env_id!r}: {first_line}") from None
+        raise SystemExit(f"error: cannot make --env-id {args.env_id!r}: {first_line(error)}") from None
     if not isinstance(probe.action_space, gym.spaces.Box):
-        raise SystemExit(
-            f"error: --env-id {args.env_id!r} has action space {probe.action_space}; only continuous (Box) actions are supported"
-        )
+        raise SystemExit(f"error: --env-id {args.env_id!r} has action space {probe.action_space}; only Box actions are supported")
     probe.close()
-    if not 0 <= args.seed < 2**31:
-        raise SystemExit(f"error: --seed must lie in [0, 2**31), got {args.seed}")
-    if args.eval_episodes < 1:
-        raise SystemExit(f"error: --eval-episodes must be at least 1, got {args.eval_episodes}")
-    if args.evaluate_checkpoint is not None:
-        return
-    for name in "total_timesteps eval_frequency learning_rate clip_coef max_grad_norm prior_std".split():
-        if not getattr(args, name) > 0:  # also rejects NaN
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in "gamma gae_lambda".split():
-        if not 0 <= getattr(args, name) <= 1:
-            raise SystemExit(f"error: --{name.replace('_', '-')} must lie in [0, 1], got {getattr(args, name)}")
-    if args.diffusion_steps < 1:
-        raise SystemExit(f"error: --diffusion-steps must be at least 1, got {args.diffusion_steps}")
-    if args.eta_lr is not None and args.eta_lr <= 0:
-        raise SystemExit(f"error: --eta-lr must be positive, got {args.eta_lr}")
-    if args.eta_max <= 0.5:
-        raise SystemExit(f"error: --eta-max must exceed 0.5, the first step's initial step size, got {args.eta_max}")
-    if min(args.hidden_dim, args.critic_hidden_dim) < 1:
-        raise SystemExit(
-            f"error: --hidden-dim and --critic-hidden-dim must be at least 1, got {args.hidden_dim} and {args.critic_hidden_dim}"
-        )
-    if min(args.num_envs, args.num_steps, args.num_minibatches, args.update_epochs) < 1:
-        raise SystemExit("error: --num-envs, --num-steps, --num-minibatches and --update-epochs must be at least 1")
-    if 2 * args.num_minibatches > args.num_steps * args.num_envs:
-        raise SystemExit(
-            f"error: --num-minibatches {args.num_minibatches} leaves fewer than 2 of the rollout's {args.num_steps * args.num_envs} "
-            "env steps per minibatch"
-        )
-    if args.total_timesteps < args.num_steps * args.num_envs:
-        raise SystemExit(
-            f"error: --total-timesteps {args.total_timesteps} is smaller than one rollout "
-            f"(--num-steps {args.num_steps} x --num-envs {args.num_envs}), so no gradient update would run"
-        )
-
-
-def real_next_obs(next_obs, infos):
-    """True next observations of a vector env step with SAME_STEP autoreset.
-
-    A finished env already returns its reset observation; the episode's last one is in
-    infos["final_obs"]. A truncated episode is bootstrapped from it.
-    """
-    real = next_obs.copy()
-    for i in np.flatnonzero(infos.get("_final_obs", [])):
-        real[i] = infos["final_obs"][i]
-    return real
+    rules = [("seed", "must lie in [0, 2**31)", 0 <= args.seed < 2**31), ("eval_episodes", "must be at least 1", args.eval_episodes >= 1)]
+    if args.evaluate_checkpoint is None:
+        positive = "total_timesteps eval_frequency learning_rate clip_coef max_grad_norm".split()
+        rules += [(name, "must be positive", getattr(args, name) > 0) for name in positive]  # `> 0` also rejects NaN
+        rules += [(name, "must lie in [0, 1]", 0 <= getattr(args, name) <= 1) for name in ("gamma", "gae_lambda")]
+        at_least_one = "num_envs num_steps num_minibatches update_epochs hidden_dim critic_hidden_dim".split()
+        rules += [(name, "must be at least 1", getattr(args, name) >= 1) for name in at_least_one]
+        rollout = args.num_steps * args.num_envs
+        rules += [("num_minibatches", f"must be at most half the rollout's {rollout} env steps", 2 * args.num_minibatches <= rollout)]
+        rules += [
+            (
+                "total_timesteps",
+                f"must cover one rollout of {rollout} env steps (--num-steps x --num-envs)",
+                args.total_timesteps >= rollout,
+            )
+        ]
+        rules += [
+            ("prior_std", "must be positive", args.prior_std > 0),
+            ("diffusion_steps", "must be at least 1", args.diffusion_steps >= 1),
+            ("eta_lr", "must be positive", args.eta_lr is None or args.eta_lr > 0),
+            ("eta_max", "must exceed 0.5, the first step's initial step size", args.eta_max > 0.5),
+        ]
+    for name, rule, holds in rules:
+        if not holds:
+            raise SystemExit(f"error: --{name.replace('_', '-')} {rule}, got {getattr(args, name)}")
 
 
 def check_finite(name, value, step):
@@ -232,7 +212,7 @@ class RunningMeanStd(nn.Module):
         return ((x - self.mean) / torch.sqrt(self.var + 1e-8)).clamp(-10, 10).float()
 
 
-def mlp(in_dim, out_dim, hidden_dim, last_std):
+def mlp(in_dim, out_dim, hidden_dim, last_std=1.0):
     """Two hidden tanh layers with orthogonal initialisation (CleanRL's layer_init); the last layer's gain is last_std."""
     layers = [nn.Linear(in_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, out_dim)]
     for layer, gain in zip(layers[::2], (np.sqrt(2), np.sqrt(2), last_std), strict=True):
@@ -246,34 +226,31 @@ def gaussian_log_prob(y, mean, std):
     return (-((y - mean) ** 2) / (2 * std**2) - torch.log(std) - 0.5 * np.log(2 * np.pi)).sum(-1)
 
 
-def tanh_log_det(x):
-    """log|d tanh(x)/dx| = sum_d log(1 - tanh(x_d)^2) = sum_d 2 (log 2 - x_d - softplus(-2 x_d)), numerically stable."""
-    return 2 * (np.log(2.0) - x - F.softplus(-2 * x)).sum(-1)
-
-
 class ValueNetwork(nn.Module):
     """V(s, x_k, k): the soft value of the DA state, denoising step k with x_k (k = 0: x_0 from the prior)."""
 
     def __init__(self, obs_dim, action_dim, hidden_dim, diffusion_steps):
         super().__init__()
         self.diffusion_steps = diffusion_steps
-        self.net = mlp(obs_dim + action_dim + diffusion_steps, 1, hidden_dim, last_std=1.0)
+        self.net = mlp(obs_dim + action_dim + diffusion_steps, 1, hidden_dim)
 
     def forward(self, obs, x, k):
         return self.net(torch.cat([obs, x, F.one_hot(k, self.diffusion_steps).float()], -1)).squeeze(-1)
 
 
 class DiffusionPolicy(nn.Module):
-    """K-step denoising chain x_0 -> x_K in pre-tanh space; the squashed action is tanh(x_K) in [-1, 1]^A."""
+    """K-step denoising chain x_0 -> x_K in pre-tanh space R^A; the squashed action is tanh(x_K) in [-1, 1]^A."""
 
     def __init__(self, obs_dim, action_dim, hidden_dim, diffusion_steps, prior_std, eta_max, tanh_correction):
         super().__init__()
         self.action_dim, self.diffusion_steps, self.prior_std = action_dim, diffusion_steps, prior_std
         self.eta_max, self.tanh_correction = eta_max, tanh_correction
-        self.obs_rms = RunningMeanStd((obs_dim,))
-        # u starts at zero: the initial chain is an Ornstein-Uhlenbeck chain that keeps x about N(0, sigma_p^2)
-        self.net = mlp(obs_dim + action_dim + diffusion_steps, action_dim, hidden_dim, last_std=0.0)
-        # eta_k = 0.5 * sched(k), sched(k) = 0.17 + 0.83 (K - k) / K, learned per (step, dim) in (0, eta_max)
+        self.net = mlp(obs_dim + action_dim + diffusion_steps, action_dim, hidden_dim)
+        # u starts at zero: the initial chain is an Ornstein-Uhlenbeck chain that keeps x ~ N(0, sigma_p^2 I)
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+        # eta_k starts at 0.5 (0.17 + 0.83 (K - k) / K) and is learned per (step, dim) below eta_max, since
+        # nothing else stops the entropy bonus from growing the steps until the critic diverges
         steps = torch.arange(diffusion_steps, dtype=torch.float32)
         eta = 0.5 * (0.17 + 0.83 * (diffusion_steps - steps) / diffusion_steps)
         self.eta_param = nn.Parameter(torch.logit(eta / eta_max)[:, None].repeat(1, action_dim))
@@ -282,56 +259,75 @@ class DiffusionPolicy(nn.Module):
         """Step sizes eta_k = eta_max * sigmoid(param), shape (K, A)."""
         return self.eta_max * torch.sigmoid(self.eta_param)
 
+    def prior_entropy(self):
+        """H_prior = A/2 log(2 pi e sigma_p^2), the entropy of x_0 ~ N(0, sigma_p^2 I)."""
+        return 0.5 * self.action_dim * np.log(2 * np.pi * np.e * self.prior_std**2)
+
     def kernel(self, obs, x, k):
-        """Mean and std of the denoising kernel q(x_{k+1} | x_k, s, k) on the normalised observation."""
+        """Mean and std of the denoising kernel q(x_{k+1} | x_k, s, k) = N(x_k + eta_k (-x_k / sigma_p^2 + u), 2 eta_k)."""
         eta = self.eta()[k]
         u = self.net(torch.cat([obs, x, F.one_hot(k, self.diffusion_steps).float()], -1))
         return x + eta * (-x / self.prior_std**2 + u), torch.sqrt(2 * eta)
 
-    def reverse_log_prob(self, x, x_next, std):
-        """log p(x_k | x_{k+1}) of the noising kernel N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k), std = sqrt(2 eta_k)."""
-        # p is normalised in x_k (drift at x_{k+1}, the same eta_k as q), so l_k is a true log density ratio;
-        # the authors' code evaluates the drift at x_k with eta_{k+1} (docs/method.md, section 2)
-        return gaussian_log_prob(x, x_next - (std**2 / 2) * x_next / self.prior_std**2, std)
-
-    def log_ratio(self, x, k, x_next, log_q, std):
-        """l_k = log q(x_{k+1} | x_k, s, k) - log p(x_k | x_{k+1}), given log q and q's std."""
-        l_k = log_q - self.reverse_log_prob(x, x_next, std)
+    def log_ratio(self, x, k, x_next, mean, std):
+        """l_k = log q(x_{k+1} | x_k, s, k) - log p(x_k | x_{k+1}), given q's mean and std."""
+        # p(x_k | x_{k+1}) = N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k) is normalised in x_k, so l_k is a
+        # true log density ratio; the authors' code puts the drift at x_k, with eta_{k+1} (docs/method.md, section 2)
+        reverse_mean = x_next - (std**2 / 2) * x_next / self.prior_std**2
+        # q and p share the variance 2 eta_k = std^2, so their normalising constants cancel
+        l_k = (((x - reverse_mean) ** 2 - (x_next - mean) ** 2) / (2 * std**2)).sum(-1)
         if self.tanh_correction:
-            # at the last step subtract log|d tanh(x_K)/dx_K|: the bonus is of the squashed action, as PPO's log pi
-            l_k = l_k - torch.where(k == self.diffusion_steps - 1, tanh_log_det(x_next), 0.0)
+            # at the last step subtract log|d tanh(x_K)/dx_K| = sum_d 2 (log 2 - x - softplus(-2x)), as SAC does, so
+            # the bound is of the squashed action and the chain cannot buy entropy in tanh's flat, saturated region
+            log_det = 2 * (np.log(2.0) - x_next - F.softplus(-2 * x_next)).sum(-1)
+            l_k = l_k - torch.where(k == self.diffusion_steps - 1, log_det, 0.0)
         return l_k
 
-    def act(self, obs, deterministic=False):
-        """The whole chain on the normalised observation: x_0..x_K (B, K+1, A), log q and l_k of every step (B, K)."""
+    def step(self, obs, x, k):
+        """One denoising step: x_{k+1} ~ q(.|x_k, s, k) (reparameterised) and its log ratio l_k."""
+        mean, std = self.kernel(obs, x, k)
+        x_next = mean + std * torch.randn_like(mean)
+        return x_next, self.log_ratio(x, k, x_next, mean, std)
+
+    def sample(self, obs, deterministic=False):
+        """The whole chain from a fresh prior sample: tanh(x_K), the chain x_0..x_K (B, K+1, A) and l_0..l_{K-1} (B, K).
+
+        deterministic: x_0 = 0 and every step takes the kernel's mean.
+        """
         x = torch.zeros(obs.shape[0], self.action_dim, device=obs.device)
         if not deterministic:
             x = self.prior_std * torch.randn_like(x)
-        chain, means, stds = [x], [], []
+        chain, log_ratios = [x], []
         for k in range(self.diffusion_steps):
-            mean, std = self.kernel(obs, x, torch.full((obs.shape[0],), k, device=obs.device))
-            x = mean if deterministic else mean + std * torch.randn_like(mean)
+            step = torch.full((obs.shape[0],), k, device=obs.device)
+            mean, std = self.kernel(obs, x, step)
+            x_next = mean if deterministic else mean + std * torch.randn_like(mean)
+            log_ratios.append(self.log_ratio(x, step, x_next, mean, std))
+            x = x_next
             chain.append(x)
-            means.append(mean)
-            stds.append(std)
-        # the densities of all K steps in one batched call (the loop above only samples)
-        chain, mean, std = torch.stack(chain, 1), torch.stack(means, 1), torch.stack(stds, 1)
-        log_q = gaussian_log_prob(chain[:, 1:], mean, std)
-        steps = torch.arange(self.diffusion_steps, device=obs.device)
-        return chain, log_q, self.log_ratio(chain[:, :-1], steps, chain[:, 1:], log_q, std)
+        return torch.tanh(x), torch.stack(chain, 1), torch.stack(log_ratios, 1)
+
+
+class Agent(nn.Module):
+    """The policy behind a running observation normaliser, saved with it; evaluation does not update the statistics."""
+
+    def __init__(self, obs_dim, action_dim, args):
+        super().__init__()
+        self.obs_rms = RunningMeanStd((obs_dim,))
+        self.policy = DiffusionPolicy(
+            obs_dim, action_dim, args.hidden_dim, args.diffusion_steps, args.prior_std, args.eta_max, args.tanh_correction
+        )
 
     def sample(self, obs, deterministic=False):
-        """From a raw observation (normalised here with the frozen statistics): tanh(x_K) and the chain x_0..x_K."""
-        chain, _, _ = self.act(self.obs_rms.normalize(obs), deterministic)
-        return torch.tanh(chain[:, -1]), chain
+        """The policy's sample from raw observations, normalised with the frozen statistics; [0] is the squashed action."""
+        return self.policy.sample(self.obs_rms.normalize(obs), deterministic)
 
 
 def da_mdp_sequence(env_rewards, env_dones, log_ratio, ent_coef, gamma, gae_lambda):
     """The rollout as a DA-MDP sequence, DA time j = t*K + k (docs/method.md, section 3).
 
-    env_rewards, env_dones (T, N) and log_ratio (T, K, N) in; out (T*K, N) soft rewards and dones, (T*K, 1) gamma_j and lambda_j:
-    the env reward and the episode end only at k = K-1, the bonus -eps l_k at every step, gamma and lambda only
-    where env time advances (k = K-1), 1 inside the chain.
+    (T, N) env rewards and dones and (T, K, N) l_k in; (T*K, N) soft rewards and dones, (T*K, 1) gamma_j and lambda_j out:
+    the env reward, the episode end, gamma and lambda only at k = K-1 (1 inside the chain), the bonus -eps l_k at every step.
     """
     num_steps, diffusion_steps, num_envs = log_ratio.shape
     soft_rewards = -ent_coef * log_ratio
@@ -346,36 +342,37 @@ def da_mdp_sequence(env_rewards, env_dones, log_ratio, ent_coef, gamma, gae_lamb
 
 
 def compute_gae(rewards, values, dones, last_value, gamma, gae_lambda):
-    """GAE over a DA rollout of shape (T*K, N): A_j = delta_j + gamma_j lambda_j (1 - done_j) A_{j+1}.
+    """GAE over a rollout of shape (T, N): A_t = delta_t + gamma_t lambda_t (1 - done_t) A_{t+1}.
 
-    delta_j = r_j + gamma_j (1 - done_j) V_{j+1} - V_j, with V_{T*K} = last_value; gamma_j and lambda_j are
-    per DA step (T*K, 1): gamma and lambda where env time advances (k = K-1), 1 inside the chain (docs/method.md, section 3).
+    delta_t = r_t + gamma_t (1 - done_t) V_{t+1} - V_t, with V_T = last_value; done_t ends the episode after step t.
+    gamma and gae_lambda are numbers, or per-step (T, 1) tensors on the DA-MDP (diffppo.py's da_mdp_sequence).
     """
     not_done = 1.0 - dones
     deltas = rewards + gamma * not_done * torch.cat([values[1:], last_value[None]]) - values
     decay = (gamma * gae_lambda * not_done).cpu().numpy()
     advantages = deltas.cpu().numpy()
-    for t in reversed(range(len(advantages) - 1)):  # the only sequential part, on numpy: fast for long DA rollouts
+    for t in reversed(range(len(advantages) - 1)):  # the only sequential part, on numpy: fast for long rollouts
         advantages[t] += decay[t] * advantages[t + 1]
     return torch.as_tensor(advantages, device=rewards.device)
 
 
-def policy_loss(actor, batch, clip_coef, norm_adv, ent_coef):
+def policy_loss(policy, batch, clip_coef, norm_adv, ent_coef):
     """Clipped surrogate on the one-step kernel ratio plus the reference-kernel term; also returns rho."""
-    mean, std = actor.kernel(batch["obs"], batch["x"], batch["k"])
-    ratio = (gaussian_log_prob(batch["x_next"], mean, std) - batch["log_prob"]).exp()
+    mean, std = policy.kernel(batch["obs"], batch["x"], batch["k"])
+    log_q = gaussian_log_prob(batch["x_next"], mean, std)
+    ratio = (log_q - batch["log_prob"]).exp()
     advantages, scale = batch["advantages"], 1.0
     if norm_adv:
         scale = advantages.std() + 1e-8
         advantages = (advantages - advantages.mean()) / scale
     unclipped, clipped = -advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)
-    # The reference-kernel term (docs/method.md, section 4). The bonus -eps l_k = -eps log q + eps log p has a part,
-    # eps log p(x_k|x_{k+1}), that depends on theta through eta_k besides the sample: d/dtheta E_q[eps log p_theta]
-    # = (score-function part, in A) + E_q_old[rho eps d log p_theta / dtheta]. Gradient descent on
-    # -stopgrad(rho) eps log p_theta ascends it; divided by the advantages' scale to stay in their units, and
-    # kept only where the surrogate passes its gradient (not clipped), as the reference does.
+    # The reference-kernel term (docs/method.md, section 4): the bonus's eps log p_theta(x_k|x_{k+1}) depends on theta
+    # through eta_k besides the sample, d/dtheta E_q[eps log p_theta] = (score part, in A) + E_q_old[rho eps d log p_theta];
+    # descending -stopgrad(rho) eps log p_theta ascends it, in the advantages' units (/ scale) and only where the
+    # surrogate passes its gradient (not clipped), as the reference does. The tanh term of l_{K-1} has no theta in it.
+    log_p = log_q - policy.log_ratio(batch["x"], batch["k"], batch["x_next"], mean, std)
     not_clipped = (unclipped >= clipped).float()
-    reference_term = -ratio.detach() * ent_coef * actor.reverse_log_prob(batch["x"], batch["x_next"], std) / scale * not_clipped
+    reference_term = -ratio.detach() * ent_coef * log_p / scale * not_clipped
     return (torch.max(unclipped, clipped) + reference_term).mean(), ratio
 
 
@@ -389,7 +386,7 @@ def value_loss(critic, batch, clip_coef, clip_vloss):
     return 0.5 * loss.mean()
 
 
-def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=None):
+def evaluate(agent, env_id, episodes, seed, deterministic, device, video_dir=None):
     """Undiscounted returns of `episodes` episodes, env and sampler seeded seed, seed+1, ...; observation statistics frozen."""
     env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
     if video_dir:
@@ -402,7 +399,7 @@ def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=Non
             done, episode_return = False, 0.0
             while not done:
                 with torch.no_grad():
-                    action, _ = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)
+                    action = agent.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)[0]
                 obs, reward, terminated, truncated, _ = env.step(to_env(action[0].cpu().numpy(), env.action_space))
                 episode_return += float(reward)
                 done = terminated or truncated
@@ -412,24 +409,20 @@ def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=Non
 
 
 def load_actor(path, device):
-    """Rebuilds the actor (with its observation statistics) of a checkpoint written by --save-model; returns it and the run's Args."""
+    """Rebuilds the Agent (policy and observation statistics) of a --save-model checkpoint; returns it, its Args, its env steps."""
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=False)
     except Exception as error:  # missing, unreadable, or not a torch file
-        first_line = (str(error).splitlines() or [type(error).__name__])[0]
-        raise SystemExit(f"error: cannot load --evaluate-checkpoint {path}: {first_line}") from None
+        raise SystemExit(f"error: cannot load --evaluate-checkpoint {path}: {first_line(error)}") from None
     script = os.path.basename(__file__)
     written_by = checkpoint.get("script", "another program") if isinstance(checkpoint, dict) else "another program"
     if written_by != script:
         raise SystemExit(f"error: --evaluate-checkpoint {path} was written by {written_by}, not by {script}")
     saved = Args(**checkpoint["args"])
     env = gym.make(saved.env_id)
-    obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    actor = DiffusionPolicy(
-        obs_dim, action_dim, saved.hidden_dim, saved.diffusion_steps, saved.prior_std, saved.eta_max, saved.tanh_correction
-    )
-    actor.load_state_dict(checkpoint["actor"])
-    return actor.to(device), saved, checkpoint["env_steps"]
+    agent = Agent(env.observation_space.shape[0], env.action_space.shape[0], saved)
+    agent.load_state_dict(checkpoint["actor"])
+    return agent.to(device), saved, checkpoint["env_steps"]
 
 
 if __name__ == "__main__":
@@ -444,8 +437,8 @@ if __name__ == "__main__":
     torch.backends.cudnn.deterministic = args.torch_deterministic
 
     if args.evaluate_checkpoint is not None:
-        actor, saved, env_steps = load_actor(args.evaluate_checkpoint, device)
-        returns = evaluate(actor, saved.env_id, args.eval_episodes, saved.seed + 10_000, args.eval_deterministic, device)
+        agent, saved, env_steps = load_actor(args.evaluate_checkpoint, device)
+        returns = evaluate(agent, saved.env_id, args.eval_episodes, saved.seed + 10_000, args.eval_deterministic, device)
         print(f"{saved.env_id}: eval returns {np.round(returns, 2).tolist()}")
         print(f"eval return {returns.mean():.2f} +- {returns.std():.2f} over {len(returns)} episodes at env step {env_steps}")
         raise SystemExit(0)
@@ -482,36 +475,32 @@ if __name__ == "__main__":
     )
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
 
-    diffusion_steps = args.diffusion_steps
-    actor = DiffusionPolicy(obs_dim, action_dim, args.hidden_dim, diffusion_steps, args.prior_std, args.eta_max, args.tanh_correction).to(
-        device
-    )
-    critic = ValueNetwork(obs_dim, action_dim, args.critic_hidden_dim, diffusion_steps).to(device)
+    K, N = args.diffusion_steps, args.num_envs
+    agent = Agent(obs_dim, action_dim, args).to(device)
+    critic = ValueNetwork(obs_dim, action_dim, args.critic_hidden_dim, K).to(device)
     eta_lr = args.learning_rate if args.eta_lr is None else args.eta_lr
-    other_params = [p for name, p in actor.named_parameters() if name != "eta_param"] + list(critic.parameters())
-    optimizer = torch.optim.Adam([{"params": other_params}, {"params": [actor.eta_param], "lr": eta_lr}], lr=args.learning_rate, eps=1e-5)
+    other_params = [p for name, p in agent.policy.named_parameters() if name != "eta_param"] + list(critic.parameters())
+    param_groups = [{"params": other_params}, {"params": [agent.policy.eta_param], "lr": eta_lr}]
+    optimizer = torch.optim.Adam(param_groups, lr=args.learning_rate, eps=1e-5)
     reward_rms = RunningMeanStd().to(device)
 
     # rollout storage, one row per env step; the per-step quantities of the chain have a K axis
-    N = args.num_envs
     env_steps_per_env = args.total_timesteps // N
     num_iterations = env_steps_per_env // args.num_steps
     leftover = env_steps_per_env % args.num_steps  # the last rollout also takes the steps left over
     max_steps = args.num_steps + leftover
     obs_buf = torch.zeros(max_steps, N, obs_dim, device=device)
-    chain_buf = torch.zeros(max_steps, diffusion_steps + 1, N, action_dim, device=device)
-    log_prob_buf = torch.zeros(max_steps, diffusion_steps, N, device=device)
-    log_ratio_buf = torch.zeros(max_steps, diffusion_steps, N, device=device)
-    values_buf = torch.zeros(max_steps, diffusion_steps, N, device=device)
-    rewards_buf = torch.zeros(max_steps, N, device=device)
-    dones_buf = torch.zeros(max_steps, N, device=device)
-    steps = torch.arange(diffusion_steps, device=device)
+    chain_buf = torch.zeros(max_steps, K + 1, N, action_dim, device=device)
+    log_ratio_buf, values_buf = (torch.zeros(max_steps, K, N, device=device) for _ in range(2))
+    rewards_buf, dones_buf = (torch.zeros(max_steps, N, device=device) for _ in range(2))
+    steps = torch.arange(K, device=device)
 
     def values_of_chain(obs, chain):
         """V(s, x_k, k) for k = 0..K-1 of chains (N, K+1, A) in one batched call; shape (K, N)."""
-        obs = obs[:, None].expand(-1, diffusion_steps, -1).reshape(-1, obs_dim)
-        values = critic(obs, chain[:, :-1].reshape(-1, action_dim), steps.repeat(len(chain)))
-        return values.view(-1, diffusion_steps).T
+        values = critic(
+            obs[:, None].expand(-1, K, -1).reshape(-1, obs_dim), chain[:, :-1].reshape(-1, action_dim), steps.repeat(len(chain))
+        )
+        return values.view(-1, K).T
 
     def initial_value(obs):
         """V(s, x_0, 0) with x_0 ~ prior: the value of an env state where the chain starts."""
@@ -540,16 +529,13 @@ if __name__ == "__main__":
         for step in range(num_steps):
             global_step += N
             obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=device)
-            actor.obs_rms.update(obs_tensor)
-            obs_norm = actor.obs_rms.normalize(obs_tensor)
+            agent.obs_rms.update(obs_tensor)
+            obs_norm = agent.obs_rms.normalize(obs_tensor)
             with torch.no_grad():
-                chain, log_prob, log_ratio = actor.act(obs_norm)  # K kernel calls, batched over the envs
+                action, chain, log_ratios = agent.policy.sample(obs_norm)  # K kernel calls, batched over the envs
                 values_buf[step] = values_of_chain(obs_norm, chain)
-            next_obs, rewards, terminations, truncations, infos = envs.step(
-                to_env(torch.tanh(chain[:, -1]).cpu().numpy(), envs.single_action_space)
-            )
-            obs_buf[step], chain_buf[step] = obs_norm, chain.transpose(0, 1)
-            log_prob_buf[step], log_ratio_buf[step] = log_prob.T, log_ratio.T
+            next_obs, rewards, terminations, truncations, infos = envs.step(to_env(action.cpu().numpy(), envs.single_action_space))
+            obs_buf[step], chain_buf[step], log_ratio_buf[step] = obs_norm, chain.transpose(0, 1), log_ratios.T
 
             rewards = torch.as_tensor(rewards, device=device)
             dones = torch.as_tensor(terminations | truncations, dtype=torch.float32, device=device)
@@ -558,14 +544,16 @@ if __name__ == "__main__":
                 reward_rms.update(discounted_return)
                 rewards = (rewards / torch.sqrt(reward_rms.var + 1e-8)).clamp(-10, 10)
                 discounted_return = discounted_return * (1 - dones)
-            # a truncated episode did not end: bootstrap its last step from the final observation
+            # a truncated episode did not end: bootstrap its last step from the final observation, which SAME_STEP
+            # autoreset keeps in infos["final_obs"] (next_obs holds the reset one)
             truncated = torch.as_tensor(truncations & ~terminations, device=device)
             if truncated.any():
-                final_obs = torch.as_tensor(real_next_obs(next_obs, infos), dtype=torch.float32, device=device)
+                final_obs = next_obs.copy()
+                final_obs[infos["_final_obs"]] = np.stack(infos["final_obs"][infos["_final_obs"]])
                 with torch.no_grad():
-                    rewards = rewards + truncated * args.gamma * initial_value(actor.obs_rms.normalize(final_obs))
-            rewards_buf[step] = rewards.float()
-            dones_buf[step] = dones
+                    final_obs = agent.obs_rms.normalize(torch.as_tensor(final_obs, dtype=torch.float32, device=device))
+                    rewards = rewards + truncated * args.gamma * initial_value(final_obs)
+            rewards_buf[step], dones_buf[step] = rewards.float(), dones
 
             for i in np.flatnonzero(infos.get("_final_info", [])):
                 episode = infos["final_info"]["episode"]
@@ -579,32 +567,34 @@ if __name__ == "__main__":
         )
         values = values_buf[:num_steps].reshape(-1, N)
         with torch.no_grad():
-            last_value = initial_value(actor.obs_rms.normalize(torch.as_tensor(obs, dtype=torch.float32, device=device)))
+            last_value = initial_value(agent.obs_rms.normalize(torch.as_tensor(obs, dtype=torch.float32, device=device)))
         advantages = compute_gae(soft_rewards, values, da_dones, last_value, gammas, lambdas)
         batch = {
-            "obs": obs_buf[:num_steps, None].expand(-1, diffusion_steps, -1, -1).reshape(-1, obs_dim),
+            "obs": obs_buf[:num_steps, None].expand(-1, K, -1, -1).reshape(-1, obs_dim),
             "x": chain_buf[:num_steps, :-1].reshape(-1, action_dim),
             "k": steps[:, None].expand(-1, N).repeat(num_steps, 1).reshape(-1),
             "x_next": chain_buf[:num_steps, 1:].reshape(-1, action_dim),
-            "log_prob": log_prob_buf[:num_steps].reshape(-1),
             "values": values.reshape(-1),
             "advantages": advantages.reshape(-1),
             "returns": (advantages + values).reshape(-1),
         }
+        with torch.no_grad():  # log q_old(x_{k+1} | x_k, s, k) of every DA step of the rollout, in one call
+            mean, std = agent.policy.kernel(batch["obs"], batch["x"], batch["k"])
+            batch["log_prob"] = gaussian_log_prob(batch["x_next"], mean, std)
 
         # minibatches mix all DA steps; as many as PPO's, so each holds K times more samples
-        batch_size = num_steps * diffusion_steps * N
+        batch_size = num_steps * K * N
         clip_fractions = []
         for _ in range(args.update_epochs):
             for indices in torch.randperm(batch_size, device=device).tensor_split(args.num_minibatches):
                 minibatch = {key: value[indices] for key, value in batch.items()}
-                pg_loss, ratio = policy_loss(actor, minibatch, args.clip_coef, args.norm_adv, args.ent_coef)
+                pg_loss, ratio = policy_loss(agent.policy, minibatch, args.clip_coef, args.norm_adv, args.ent_coef)
                 v_loss = value_loss(critic, minibatch, args.clip_coef, args.clip_vloss)
                 loss = pg_loss + args.vf_coef * v_loss
                 check_finite("loss", loss, global_step)
                 optimizer.zero_grad()
                 loss.backward()
-                nn.utils.clip_grad_norm_(list(actor.parameters()) + list(critic.parameters()), args.max_grad_norm)
+                nn.utils.clip_grad_norm_(list(agent.parameters()) + list(critic.parameters()), args.max_grad_norm)
                 optimizer.step()
                 with torch.no_grad():
                     approx_kl = ((ratio - 1) - ratio.log()).mean()  # the low-variance estimator of KL(old || new)
@@ -621,9 +611,10 @@ if __name__ == "__main__":
                 "losses/clipfrac": float(np.mean(clip_fractions)),
                 "losses/explained_variance": explained_variance.item(),
                 "diffusion/eps": args.ent_coef,
-                "diffusion/entropy": -log_ratio_buf[:num_steps].sum(1).mean().item(),  # -sum_k l_k, per env step
+                # the chain's entropy bound H_prior - sum_k l_k, per env step
+                "diffusion/entropy": agent.policy.prior_entropy() - log_ratio_buf[:num_steps].sum(1).mean().item(),
                 "diffusion/saturated_fraction": (torch.tanh(chain_buf[:num_steps, -1]).abs() > 0.99).float().mean().item(),
-                **{f"diffusion/eta_{j}": eta_j.item() for j, eta_j in enumerate(actor.eta().mean(-1))},
+                **{f"diffusion/eta_{j}": eta_j.item() for j, eta_j in enumerate(agent.policy.eta().mean(-1))},
                 "charts/SPS": int(global_step / (time.time() - start_time)),
             },
         )
@@ -632,7 +623,7 @@ if __name__ == "__main__":
             next_eval = (global_step // args.eval_frequency + 1) * args.eval_frequency
             final = iteration == num_iterations
             video_dir = os.path.join(run_dir, "videos") if final and args.capture_video else None
-            returns = evaluate(actor, args.env_id, args.eval_episodes, args.seed + 10_000, args.eval_deterministic, device, video_dir)
+            returns = evaluate(agent, args.env_id, args.eval_episodes, args.seed + 10_000, args.eval_deterministic, device, video_dir)
             log_scalars(global_step, {"eval/episodic_return": float(returns.mean())})
             if final:
                 print(f"eval return {returns.mean():.2f} +- {returns.std():.2f} over {len(returns)} episodes at env step {global_step}")
@@ -641,10 +632,9 @@ if __name__ == "__main__":
             sps = (global_step - last_print_step) / (time.time() - last_print)  # recent speed, for the time left
             last_print, last_print_step = time.time(), global_step
             recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
-            time_left = (args.total_timesteps - global_step) / max(sps, 1e-9)
+            time_left = (args.total_timesteps - global_step) / max(sps, 1e-9) / 60
             print(
-                f"step {global_step}/{args.total_timesteps} | return {recent} | SPS {sps:.0f} | time left {time_left / 60:.1f} min",
-                flush=True,
+                f"step {global_step}/{args.total_timesteps} | return {recent} | SPS {sps:.0f} | time left {time_left:.1f} min", flush=True
             )
 
         if stop:
@@ -653,17 +643,8 @@ if __name__ == "__main__":
 
     if args.save_model:
         model_path = os.path.join(run_dir, "model.pt")
-        torch.save(
-            {
-                "script": os.path.basename(__file__),
-                "env_steps": global_step,
-                "args": asdict(args),
-                "actor": actor.state_dict(),  # includes the observation statistics obs_rms.{mean, var, count}
-                "critic": critic.state_dict(),
-                "reward_rms": reward_rms.state_dict(),
-            },
-            model_path,
-        )
+        nets = {"actor": agent.state_dict(), "critic": critic.state_dict(), "reward_rms": reward_rms.state_dict()}  # actor: with obs_rms
+        torch.save({"script": os.path.basename(__file__), "env_steps": global_step, "args": asdict(args), **nets}, model_path)
         print(f"model saved to {model_path} at env step {global_step}")
     envs.close()
     writer.close()

@@ -11,12 +11,11 @@ entropy bonus in the reward (maximum-entropy RL) instead of in the loss, and a 2
     policy loss   E[max(-A rho, -A clip(rho, 1 - c, 1 + c))],  rho = N(x; mu_theta, sigma_theta) / N(x; mu_old, sigma_old)
     value loss    0.5 E[max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)],  R = A + V_old
 
-A truncated step adds gamma V(final observation) to its reward and ends the trace. Observations are
-normalised by running statistics kept inside the policy (saved with it; evaluation does not update
-them), rewards by the running std of the discounted return.
-
-V(s) is 256 wide (--critic-hidden-dim), the policy 64 wide as CleanRL's: the same widths as diffppo.py, whose
-V(s, x_k, k) also depends on x_k and needs the width most; PPO learns faster with it too (benchmarks/results).
+V is 256 wide (--critic-hidden-dim), the policy 64 wide as CleanRL's: the diffusion chain's V(s, x_k, k) depends
+on x_k too and needs the width most, and PPO learns faster with it too (benchmarks/results). A truncated env step adds
+gamma V(final observation) (on the DA-MDP at x_0 ~ prior, k = 0) to its reward and ends the trace. Observations
+are normalised by running statistics that the Agent keeps in front of the policy (saved with it; evaluation does
+not update them), rewards by the running std of the discounted return.
 
 `diff baselines/ppo.py diffppo.py` shows exactly what changes when the Gaussian becomes a diffusion chain.
 
@@ -123,58 +122,39 @@ def make_env(env_id, seed):
     return thunk
 
 
+def first_line(error):
+    """The first line of an exception's message, for a one-line `error:`."""
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
 def check_args(args):
-    """Exit with one clear line on input that cannot train."""
+    """Exit with one clear `error:` line on input that cannot train."""
     try:
         probe = gym.make(args.env_id)
     except Exception as error:
-        first_line = (str(error).splitlines() or [type(error).__name__])[0]
-        raise SystemExit(f"error: cannot make --env-id {args.env_id!r}: {first_line}") from None
+        raise SystemExit(f"error: cannot make --env-id {args.env_id!r}: {first_line(error)}") from None
     if not isinstance(probe.action_space, gym.spaces.Box):
-        raise SystemExit(
-            f"error: --env-id {args.env_id!r} has action space {probe.action_space}; only continuous (Box) actions are supported"
-        )
+        raise SystemExit(f"error: --env-id {args.env_id!r} has action space {probe.action_space}; only Box actions are supported")
     probe.close()
-    if not 0 <= args.seed < 2**31:
-        raise SystemExit(f"error: --seed must lie in [0, 2**31), got {args.seed}")
-    if args.eval_episodes < 1:
-        raise SystemExit(f"error: --eval-episodes must be at least 1, got {args.eval_episodes}")
-    if args.evaluate_checkpoint is not None:
-        return
-    for name in "total_timesteps eval_frequency learning_rate clip_coef max_grad_norm".split():
-        if not getattr(args, name) > 0:  # also rejects NaN
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in "gamma gae_lambda".split():
-        if not 0 <= getattr(args, name) <= 1:
-            raise SystemExit(f"error: --{name.replace('_', '-')} must lie in [0, 1], got {getattr(args, name)}")
-    if min(args.hidden_dim, args.critic_hidden_dim) < 1:
-        raise SystemExit(
-            f"error: --hidden-dim and --critic-hidden-dim must be at least 1, got {args.hidden_dim} and {args.critic_hidden_dim}"
-        )
-    if min(args.num_envs, args.num_steps, args.num_minibatches, args.update_epochs) < 1:
-        raise SystemExit("error: --num-envs, --num-steps, --num-minibatches and --update-epochs must be at least 1")
-    if 2 * args.num_minibatches > args.num_steps * args.num_envs:
-        raise SystemExit(
-            f"error: --num-minibatches {args.num_minibatches} leaves fewer than 2 of the rollout's {args.num_steps * args.num_envs} "
-            "env steps per minibatch"
-        )
-    if args.total_timesteps < args.num_steps * args.num_envs:
-        raise SystemExit(
-            f"error: --total-timesteps {args.total_timesteps} is smaller than one rollout "
-            f"(--num-steps {args.num_steps} x --num-envs {args.num_envs}), so no gradient update would run"
-        )
-
-
-def real_next_obs(next_obs, infos):
-    """True next observations of a vector env step with SAME_STEP autoreset.
-
-    A finished env already returns its reset observation; the episode's last one is in
-    infos["final_obs"]. A truncated episode is bootstrapped from it.
-    """
-    real = next_obs.copy()
-    for i in np.flatnonzero(infos.get("_final_obs", [])):
-        real[i] = infos["final_obs"][i]
-    return real
+    rules = [("seed", "must lie in [0, 2**31)", 0 <= args.seed < 2**31), ("eval_episodes", "must be at least 1", args.eval_episodes >= 1)]
+    if args.evaluate_checkpoint is None:
+        positive = "total_timesteps eval_frequency learning_rate clip_coef max_grad_norm".split()
+        rules += [(name, "must be positive", getattr(args, name) > 0) for name in positive]  # `> 0` also rejects NaN
+        rules += [(name, "must lie in [0, 1]", 0 <= getattr(args, name) <= 1) for name in ("gamma", "gae_lambda")]
+        at_least_one = "num_envs num_steps num_minibatches update_epochs hidden_dim critic_hidden_dim".split()
+        rules += [(name, "must be at least 1", getattr(args, name) >= 1) for name in at_least_one]
+        rollout = args.num_steps * args.num_envs
+        rules += [("num_minibatches", f"must be at most half the rollout's {rollout} env steps", 2 * args.num_minibatches <= rollout)]
+        rules += [
+            (
+                "total_timesteps",
+                f"must cover one rollout of {rollout} env steps (--num-steps x --num-envs)",
+                args.total_timesteps >= rollout,
+            )
+        ]
+    for name, rule, holds in rules:
+        if not holds:
+            raise SystemExit(f"error: --{name.replace('_', '-')} {rule}, got {getattr(args, name)}")
 
 
 def check_finite(name, value, step):
@@ -206,7 +186,7 @@ class RunningMeanStd(nn.Module):
         return ((x - self.mean) / torch.sqrt(self.var + 1e-8)).clamp(-10, 10).float()
 
 
-def mlp(in_dim, out_dim, hidden_dim, last_std):
+def mlp(in_dim, out_dim, hidden_dim, last_std=1.0):
     """Two hidden tanh layers with orthogonal initialisation (CleanRL's layer_init); the last layer's gain is last_std."""
     layers = [nn.Linear(in_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, out_dim)]
     for layer, gain in zip(layers[::2], (np.sqrt(2), np.sqrt(2), last_std), strict=True):
@@ -230,7 +210,7 @@ class ValueNetwork(nn.Module):
 
     def __init__(self, obs_dim, hidden_dim):
         super().__init__()
-        self.net = mlp(obs_dim, 1, hidden_dim, last_std=1.0)
+        self.net = mlp(obs_dim, 1, hidden_dim)
 
     def forward(self, obs):
         return self.net(obs).squeeze(-1)
@@ -241,33 +221,40 @@ class Actor(nn.Module):
 
     def __init__(self, obs_dim, action_dim, hidden_dim):
         super().__init__()
-        self.obs_rms = RunningMeanStd((obs_dim,))
         self.net = mlp(obs_dim, action_dim, hidden_dim, last_std=0.01)
         self.log_std = nn.Parameter(torch.zeros(action_dim))
 
     def kernel(self, obs):
-        """Mean and std of the Gaussian N(mu(s), sigma^2) on the normalised observation."""
+        """Mean and std of the Gaussian N(mu(s), sigma^2)."""
         mean = self.net(obs)
         return mean, self.log_std.exp().expand_as(mean)
 
-    def act(self, obs, deterministic=False):
-        """x ~ pi(.|s) on the normalised observation; returns x, log N(x; mu, sigma) (for the ratio) and log pi(a|s)."""
+    def sample(self, obs, deterministic=False):
+        """tanh(x), x ~ N(mu(s), sigma^2) (deterministic: x = mu(s)) and log pi(a|s) of the squashed action."""
         mean, std = self.kernel(obs)
         x = mean if deterministic else mean + std * torch.randn_like(mean)
-        log_prob = gaussian_log_prob(x, mean, std)
-        # log pi of the squashed action: the tanh log-det cancels in the ratio, not in the entropy bonus
-        return x, log_prob, log_prob - tanh_log_det(x)
+        # the tanh log-det cancels in the ratio, not in the entropy bonus
+        return torch.tanh(x), x, gaussian_log_prob(x, mean, std) - tanh_log_det(x)
+
+
+class Agent(nn.Module):
+    """The policy behind a running observation normaliser, saved with it; evaluation does not update the statistics."""
+
+    def __init__(self, obs_dim, action_dim, args):
+        super().__init__()
+        self.obs_rms = RunningMeanStd((obs_dim,))
+        self.policy = Actor(obs_dim, action_dim, args.hidden_dim)
 
     def sample(self, obs, deterministic=False):
-        """From a raw observation (normalised here with the frozen statistics): the squashed action tanh(x) and x."""
-        x, _, _ = self.act(self.obs_rms.normalize(obs), deterministic)
-        return torch.tanh(x), x
+        """The policy's sample from raw observations, normalised with the frozen statistics; [0] is the squashed action."""
+        return self.policy.sample(self.obs_rms.normalize(obs), deterministic)
 
 
 def compute_gae(rewards, values, dones, last_value, gamma, gae_lambda):
-    """GAE over a rollout of shape (T, N): A_t = delta_t + gamma lambda (1 - done_t) A_{t+1}.
+    """GAE over a rollout of shape (T, N): A_t = delta_t + gamma_t lambda_t (1 - done_t) A_{t+1}.
 
-    delta_t = r_t + gamma (1 - done_t) V_{t+1} - V_t, with V_T = last_value; done_t ends the episode after step t.
+    delta_t = r_t + gamma_t (1 - done_t) V_{t+1} - V_t, with V_T = last_value; done_t ends the episode after step t.
+    gamma and gae_lambda are numbers, or per-step (T, 1) tensors on the DA-MDP (diffppo.py's da_mdp_sequence).
     """
     not_done = 1.0 - dones
     deltas = rewards + gamma * not_done * torch.cat([values[1:], last_value[None]]) - values
@@ -278,9 +265,9 @@ def compute_gae(rewards, values, dones, last_value, gamma, gae_lambda):
     return torch.as_tensor(advantages, device=rewards.device)
 
 
-def policy_loss(actor, batch, clip_coef, norm_adv):
+def policy_loss(policy, batch, clip_coef, norm_adv):
     """Clipped surrogate E[max(-A rho, -A clip(rho, 1 - c, 1 + c))] on the Gaussian's ratio; also returns rho."""
-    mean, std = actor.kernel(batch["obs"])
+    mean, std = policy.kernel(batch["obs"])
     ratio = (gaussian_log_prob(batch["x"], mean, std) - batch["log_prob"]).exp()
     advantages = batch["advantages"]
     if norm_adv:
@@ -299,7 +286,7 @@ def value_loss(critic, batch, clip_coef, clip_vloss):
     return 0.5 * loss.mean()
 
 
-def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=None):
+def evaluate(agent, env_id, episodes, seed, deterministic, device, video_dir=None):
     """Undiscounted returns of `episodes` episodes, env and sampler seeded seed, seed+1, ...; observation statistics frozen."""
     env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
     if video_dir:
@@ -312,7 +299,7 @@ def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=Non
             done, episode_return = False, 0.0
             while not done:
                 with torch.no_grad():
-                    action, _ = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)
+                    action = agent.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)[0]
                 obs, reward, terminated, truncated, _ = env.step(to_env(action[0].cpu().numpy(), env.action_space))
                 episode_return += float(reward)
                 done = terminated or truncated
@@ -322,21 +309,20 @@ def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=Non
 
 
 def load_actor(path, device):
-    """Rebuilds the actor (with its observation statistics) of a checkpoint written by --save-model; returns it and the run's Args."""
+    """Rebuilds the Agent (policy and observation statistics) of a --save-model checkpoint; returns it, its Args, its env steps."""
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=False)
     except Exception as error:  # missing, unreadable, or not a torch file
-        first_line = (str(error).splitlines() or [type(error).__name__])[0]
-        raise SystemExit(f"error: cannot load --evaluate-checkpoint {path}: {first_line}") from None
+        raise SystemExit(f"error: cannot load --evaluate-checkpoint {path}: {first_line(error)}") from None
     script = os.path.basename(__file__)
     written_by = checkpoint.get("script", "another program") if isinstance(checkpoint, dict) else "another program"
     if written_by != script:
         raise SystemExit(f"error: --evaluate-checkpoint {path} was written by {written_by}, not by {script}")
     saved = Args(**checkpoint["args"])
     env = gym.make(saved.env_id)
-    actor = Actor(env.observation_space.shape[0], env.action_space.shape[0], saved.hidden_dim)
-    actor.load_state_dict(checkpoint["actor"])
-    return actor.to(device), saved, checkpoint["env_steps"]
+    agent = Agent(env.observation_space.shape[0], env.action_space.shape[0], saved)
+    agent.load_state_dict(checkpoint["actor"])
+    return agent.to(device), saved, checkpoint["env_steps"]
 
 
 if __name__ == "__main__":
@@ -351,8 +337,8 @@ if __name__ == "__main__":
     torch.backends.cudnn.deterministic = args.torch_deterministic
 
     if args.evaluate_checkpoint is not None:
-        actor, saved, env_steps = load_actor(args.evaluate_checkpoint, device)
-        returns = evaluate(actor, saved.env_id, args.eval_episodes, saved.seed + 10_000, args.eval_deterministic, device)
+        agent, saved, env_steps = load_actor(args.evaluate_checkpoint, device)
+        returns = evaluate(agent, saved.env_id, args.eval_episodes, saved.seed + 10_000, args.eval_deterministic, device)
         print(f"{saved.env_id}: eval returns {np.round(returns, 2).tolist()}")
         print(f"eval return {returns.mean():.2f} +- {returns.std():.2f} over {len(returns)} episodes at env step {env_steps}")
         raise SystemExit(0)
@@ -389,24 +375,21 @@ if __name__ == "__main__":
     )
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
 
-    actor = Actor(obs_dim, action_dim, args.hidden_dim).to(device)
+    N = args.num_envs
+    agent = Agent(obs_dim, action_dim, args).to(device)
     critic = ValueNetwork(obs_dim, args.critic_hidden_dim).to(device)
-    optimizer = torch.optim.Adam(list(actor.parameters()) + list(critic.parameters()), lr=args.learning_rate, eps=1e-5)
+    optimizer = torch.optim.Adam(list(agent.parameters()) + list(critic.parameters()), lr=args.learning_rate, eps=1e-5)
     reward_rms = RunningMeanStd().to(device)
 
     # rollout storage, one row per env step
-    N = args.num_envs
     env_steps_per_env = args.total_timesteps // N
     num_iterations = env_steps_per_env // args.num_steps
     leftover = env_steps_per_env % args.num_steps  # the last rollout also takes the steps left over
     max_steps = args.num_steps + leftover
     obs_buf = torch.zeros(max_steps, N, obs_dim, device=device)
     x_buf = torch.zeros(max_steps, N, action_dim, device=device)
-    log_prob_buf = torch.zeros(max_steps, N, device=device)
-    log_pi_buf = torch.zeros(max_steps, N, device=device)
-    values_buf = torch.zeros(max_steps, N, device=device)
-    rewards_buf = torch.zeros(max_steps, N, device=device)
-    dones_buf = torch.zeros(max_steps, N, device=device)
+    log_pi_buf, values_buf = (torch.zeros(max_steps, N, device=device) for _ in range(2))
+    rewards_buf, dones_buf = (torch.zeros(max_steps, N, device=device) for _ in range(2))
 
     obs, _ = envs.reset(seed=args.seed)
     discounted_return = torch.zeros(N, dtype=torch.float64, device=device)
@@ -424,19 +407,19 @@ if __name__ == "__main__":
     for iteration in range(1, num_iterations + 1):
         num_steps = args.num_steps + (leftover if iteration == num_iterations else 0)
         if args.anneal_lr:
-            optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / num_iterations) * args.learning_rate
+            frac = 1.0 - (iteration - 1.0) / num_iterations
+            optimizer.param_groups[0]["lr"] = frac * args.learning_rate
 
         for step in range(num_steps):
             global_step += N
             obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=device)
-            actor.obs_rms.update(obs_tensor)
-            obs_norm = actor.obs_rms.normalize(obs_tensor)
+            agent.obs_rms.update(obs_tensor)
+            obs_norm = agent.obs_rms.normalize(obs_tensor)
             with torch.no_grad():
-                x, log_prob, log_pi = actor.act(obs_norm)
+                action, x, log_pi = agent.policy.sample(obs_norm)
                 values_buf[step] = critic(obs_norm)
-            next_obs, rewards, terminations, truncations, infos = envs.step(to_env(torch.tanh(x).cpu().numpy(), envs.single_action_space))
-            obs_buf[step], x_buf[step] = obs_norm, x
-            log_prob_buf[step], log_pi_buf[step] = log_prob, log_pi
+            next_obs, rewards, terminations, truncations, infos = envs.step(to_env(action.cpu().numpy(), envs.single_action_space))
+            obs_buf[step], x_buf[step], log_pi_buf[step] = obs_norm, x, log_pi
 
             rewards = torch.as_tensor(rewards, device=device)
             dones = torch.as_tensor(terminations | truncations, dtype=torch.float32, device=device)
@@ -445,14 +428,16 @@ if __name__ == "__main__":
                 reward_rms.update(discounted_return)
                 rewards = (rewards / torch.sqrt(reward_rms.var + 1e-8)).clamp(-10, 10)
                 discounted_return = discounted_return * (1 - dones)
-            # a truncated episode did not end: bootstrap its last step from the final observation
+            # a truncated episode did not end: bootstrap its last step from the final observation, which SAME_STEP
+            # autoreset keeps in infos["final_obs"] (next_obs holds the reset one)
             truncated = torch.as_tensor(truncations & ~terminations, device=device)
             if truncated.any():
-                final_obs = torch.as_tensor(real_next_obs(next_obs, infos), dtype=torch.float32, device=device)
+                final_obs = next_obs.copy()
+                final_obs[infos["_final_obs"]] = np.stack(infos["final_obs"][infos["_final_obs"]])
                 with torch.no_grad():
-                    rewards = rewards + truncated * args.gamma * critic(actor.obs_rms.normalize(final_obs))
-            rewards_buf[step] = rewards.float()
-            dones_buf[step] = dones
+                    final_obs = agent.obs_rms.normalize(torch.as_tensor(final_obs, dtype=torch.float32, device=device))
+                    rewards = rewards + truncated * args.gamma * critic(final_obs)
+            rewards_buf[step], dones_buf[step] = rewards.float(), dones
 
             for i in np.flatnonzero(infos.get("_final_info", [])):
                 episode = infos["final_info"]["episode"]
@@ -462,30 +447,33 @@ if __name__ == "__main__":
 
         # the entropy bonus enters as a reward: soft reward = r - eps log pi(a|s)
         soft_rewards = rewards_buf[:num_steps] - args.ent_coef * log_pi_buf[:num_steps]
+        values = values_buf[:num_steps]
         with torch.no_grad():
-            last_value = critic(actor.obs_rms.normalize(torch.as_tensor(obs, dtype=torch.float32, device=device)))
-        advantages = compute_gae(soft_rewards, values_buf[:num_steps], dones_buf[:num_steps], last_value, args.gamma, args.gae_lambda)
+            last_value = critic(agent.obs_rms.normalize(torch.as_tensor(obs, dtype=torch.float32, device=device)))
+        advantages = compute_gae(soft_rewards, values, dones_buf[:num_steps], last_value, args.gamma, args.gae_lambda)
         batch = {
             "obs": obs_buf[:num_steps].reshape(-1, obs_dim),
             "x": x_buf[:num_steps].reshape(-1, action_dim),
-            "log_prob": log_prob_buf[:num_steps].reshape(-1),
-            "values": values_buf[:num_steps].reshape(-1),
+            "values": values.reshape(-1),
             "advantages": advantages.reshape(-1),
-            "returns": (advantages + values_buf[:num_steps]).reshape(-1),
+            "returns": (advantages + values).reshape(-1),
         }
+        with torch.no_grad():  # log N(x; mu_old, sigma_old) of every step of the rollout, in one call
+            mean, std = agent.policy.kernel(batch["obs"])
+            batch["log_prob"] = gaussian_log_prob(batch["x"], mean, std)
 
         batch_size = num_steps * N
         clip_fractions = []
         for _ in range(args.update_epochs):
             for indices in torch.randperm(batch_size, device=device).tensor_split(args.num_minibatches):
                 minibatch = {key: value[indices] for key, value in batch.items()}
-                pg_loss, ratio = policy_loss(actor, minibatch, args.clip_coef, args.norm_adv)
+                pg_loss, ratio = policy_loss(agent.policy, minibatch, args.clip_coef, args.norm_adv)
                 v_loss = value_loss(critic, minibatch, args.clip_coef, args.clip_vloss)
                 loss = pg_loss + args.vf_coef * v_loss
                 check_finite("loss", loss, global_step)
                 optimizer.zero_grad()
                 loss.backward()
-                nn.utils.clip_grad_norm_(list(actor.parameters()) + list(critic.parameters()), args.max_grad_norm)
+                nn.utils.clip_grad_norm_(list(agent.parameters()) + list(critic.parameters()), args.max_grad_norm)
                 optimizer.step()
                 with torch.no_grad():
                     approx_kl = ((ratio - 1) - ratio.log()).mean()  # the low-variance estimator of KL(old || new)
@@ -503,7 +491,7 @@ if __name__ == "__main__":
                 "losses/explained_variance": explained_variance.item(),
                 "policy/eps": args.ent_coef,
                 "policy/entropy": -log_pi_buf[:num_steps].mean().item(),
-                "policy/std": actor.log_std.exp().mean().item(),
+                "policy/std": agent.policy.log_std.exp().mean().item(),
                 "policy/saturated_fraction": (torch.tanh(batch["x"]).abs() > 0.99).float().mean().item(),
                 "charts/SPS": int(global_step / (time.time() - start_time)),
             },
@@ -513,7 +501,7 @@ if __name__ == "__main__":
             next_eval = (global_step // args.eval_frequency + 1) * args.eval_frequency
             final = iteration == num_iterations
             video_dir = os.path.join(run_dir, "videos") if final and args.capture_video else None
-            returns = evaluate(actor, args.env_id, args.eval_episodes, args.seed + 10_000, args.eval_deterministic, device, video_dir)
+            returns = evaluate(agent, args.env_id, args.eval_episodes, args.seed + 10_000, args.eval_deterministic, device, video_dir)
             log_scalars(global_step, {"eval/episodic_return": float(returns.mean())})
             if final:
                 print(f"eval return {returns.mean():.2f} +- {returns.std():.2f} over {len(returns)} episodes at env step {global_step}")
@@ -522,10 +510,9 @@ if __name__ == "__main__":
             sps = (global_step - last_print_step) / (time.time() - last_print)  # recent speed, for the time left
             last_print, last_print_step = time.time(), global_step
             recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
-            time_left = (args.total_timesteps - global_step) / max(sps, 1e-9)
+            time_left = (args.total_timesteps - global_step) / max(sps, 1e-9) / 60
             print(
-                f"step {global_step}/{args.total_timesteps} | return {recent} | SPS {sps:.0f} | time left {time_left / 60:.1f} min",
-                flush=True,
+                f"step {global_step}/{args.total_timesteps} | return {recent} | SPS {sps:.0f} | time left {time_left:.1f} min", flush=True
             )
 
         if stop:
@@ -534,17 +521,8 @@ if __name__ == "__main__":
 
     if args.save_model:
         model_path = os.path.join(run_dir, "model.pt")
-        torch.save(
-            {
-                "script": os.path.basename(__file__),
-                "env_steps": global_step,
-                "args": asdict(args),
-                "actor": actor.state_dict(),  # includes the observation statistics obs_rms.{mean, var, count}
-                "critic": critic.state_dict(),
-                "reward_rms": reward_rms.state_dict(),
-            },
-            model_path,
-        )
+        nets = {"actor": agent.state_dict(), "critic": critic.state_dict(), "reward_rms": reward_rms.state_dict()}  # actor: with obs_rms
+        torch.save({"script": os.path.basename(__file__), "env_steps": global_step, "args": asdict(args), **nets}, model_path)
         print(f"model saved to {model_path} at env step {global_step}")
     envs.close()
     writer.close()

@@ -21,29 +21,31 @@ def make_policy(diffppo, diffusion_steps=4, randomize=True, tanh_correction=Fals
     return policy
 
 
-def rollout_batch(policy, rows=64):
+def rollout_batch(diffppo, policy, rows=64):
     """One chain per observation, flattened to DA transitions (s, x_k, k, x_{k+1}, log q_old) as diffppo.py stores them."""
     obs = torch.randn(rows, OBS_DIM)
     with torch.no_grad():
-        chain, log_q, log_ratio = policy.act(obs)
+        _, chain, log_ratio = policy.sample(obs)
     diffusion_steps = policy.diffusion_steps
     batch = {
         "obs": obs[:, None].expand(-1, diffusion_steps, -1).reshape(-1, OBS_DIM),
         "x": chain[:, :-1].reshape(-1, ACTION_DIM),
         "k": torch.arange(diffusion_steps).repeat(rows),
         "x_next": chain[:, 1:].reshape(-1, ACTION_DIM),
-        "log_prob": log_q.reshape(-1),
         "advantages": torch.randn(rows * diffusion_steps),
     }
-    return batch, chain, log_q, log_ratio
+    with torch.no_grad():  # log q_old of every DA step in one kernel call, as the training loop does
+        mean, std = policy.kernel(batch["obs"], batch["x"], batch["k"])
+        batch["log_prob"] = diffppo.gaussian_log_prob(batch["x_next"], mean, std)
+    return batch, chain, log_ratio
 
 
 def test_chain_log_densities_match_torch_distributions(diffppo):
     policy = make_policy(diffppo)
-    batch, chain, log_q, log_ratio = rollout_batch(policy)
+    batch, chain, log_ratio = rollout_batch(diffppo, policy)
     mean, std = policy.kernel(batch["obs"], batch["x"], batch["k"])
     expected_q = torch.distributions.Normal(mean, std).log_prob(batch["x_next"]).sum(-1)
-    torch.testing.assert_close(log_q.reshape(-1), expected_q, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(batch["log_prob"], expected_q, rtol=1e-5, atol=1e-5)
     # reference (noising) kernel p(x_k | x_{k+1}) = N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k)
     eta = policy.eta()[batch["k"]]
     reverse = torch.distributions.Normal(batch["x_next"] - eta * batch["x_next"] / PRIOR_STD**2, torch.sqrt(2 * eta))
@@ -59,9 +61,9 @@ def test_tanh_correction_only_at_the_last_step(diffppo):
     obs = torch.randn(32, OBS_DIM)
     plain, corrected = make_policy(diffppo, seed=1), make_policy(diffppo, seed=1, tanh_correction=True)
     torch.manual_seed(4)
-    chain, _, plain_l = plain.act(obs)
+    _, chain, plain_l = plain.sample(obs)
     torch.manual_seed(4)
-    same_chain, _, corrected_l = corrected.act(obs)
+    _, same_chain, corrected_l = corrected.sample(obs)
     assert torch.equal(chain, same_chain)
     difference = corrected_l - plain_l
     assert torch.equal(difference[:, :-1], torch.zeros(32, 3))
@@ -74,16 +76,16 @@ def test_initial_chain_keeps_the_prior_and_deterministic_chain_follows_the_mean(
     policy = make_policy(diffppo, diffusion_steps=8, randomize=False)
     obs = torch.randn(1, OBS_DIM).repeat(20_000, 1)
     with torch.no_grad():
-        action, chain = policy.sample(obs)
+        action, chain, _ = policy.sample(obs)
     torch.testing.assert_close(action, torch.tanh(chain[:, -1]))
     assert chain[:, 0].std().item() == pytest.approx(PRIOR_STD, rel=0.03)
     assert chain[:, -1].std().item() == pytest.approx(PRIOR_STD, rel=0.05)  # u = 0: an Ornstein-Uhlenbeck chain
     policy = make_policy(diffppo)
     with torch.no_grad():
-        _, chain = policy.sample(obs[:3], deterministic=True)
+        _, chain, _ = policy.sample(obs[:3], deterministic=True)
         x = torch.zeros(3, ACTION_DIM)
         for k in range(4):
-            x, _ = policy.kernel(policy.obs_rms.normalize(obs[:3]), x, torch.full((3,), k))
+            x, _ = policy.kernel(obs[:3], x, torch.full((3,), k))
     assert torch.equal(chain[:, 0], torch.zeros(3, ACTION_DIM))
     torch.testing.assert_close(chain[:, -1], x)
 
@@ -132,21 +134,22 @@ def test_one_diffusion_step_gae_is_ppo_gae(diffppo, ppo):
 
 def test_ratio_is_one_before_the_first_update(diffppo, ppo):
     policy = make_policy(diffppo)
-    batch, *_ = rollout_batch(policy)
+    batch, *_ = rollout_batch(diffppo, policy)
     _, ratio = diffppo.policy_loss(policy, batch, 0.2, True, 2e-4)
     torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=0, atol=1e-5)
 
     actor = ppo.Actor(OBS_DIM, ACTION_DIM, HIDDEN)
     obs = torch.randn(64, OBS_DIM)
     with torch.no_grad():
-        x, log_prob, _ = actor.act(obs)
+        _, x, _ = actor.sample(obs)
+        log_prob = ppo.gaussian_log_prob(x, *actor.kernel(obs))  # log N(x; mu_old, sigma_old), as the training loop stores it
     _, ratio = ppo.policy_loss(actor, {"obs": obs, "x": x, "log_prob": log_prob, "advantages": torch.randn(64)}, 0.2, True)
     torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=0, atol=1e-5)
 
 
 def test_policy_loss_is_the_clipped_surrogate_plus_the_reference_kernel_term(diffppo):
     policy = make_policy(diffppo)
-    batch, *_ = rollout_batch(policy)
+    batch, *_ = rollout_batch(diffppo, policy)
     batch["log_prob"] = batch["log_prob"] + 0.5 * torch.randn_like(batch["log_prob"])  # an older policy: ratio != 1
     eps, clip = 0.3, 0.2
     loss, ratio = diffppo.policy_loss(policy, batch, clip, False, eps)
@@ -166,17 +169,42 @@ def test_policy_loss_is_the_clipped_surrogate_plus_the_reference_kernel_term(dif
 def test_reference_kernel_term_ascends_log_p_through_the_step_sizes(diffppo):
     # zero advantages: the loss is -eps mean(log p), whose gradient reaches only eta (p has no network)
     policy = make_policy(diffppo)
-    batch, *_ = rollout_batch(policy)
+    batch, *_ = rollout_batch(diffppo, policy)
     batch["advantages"] = torch.zeros_like(batch["advantages"])
     loss, _ = diffppo.policy_loss(policy, batch, 0.2, False, 0.5)
     loss.backward()
     assert policy.net[0].weight.grad is None or policy.net[0].weight.grad.abs().sum() == 0
     grad = policy.eta_param.grad.clone()
     policy.zero_grad()
-    _, std = policy.kernel(batch["obs"], batch["x"], batch["k"])
-    (-0.5 * policy.reverse_log_prob(batch["x"], batch["x_next"], std).mean()).backward()
+    # log p(x_k | x_{k+1}) = log N(x_k; x_{k+1} (1 - eta_k / sigma_p^2), 2 eta_k), written out with torch.distributions
+    eta = policy.eta()[batch["k"]]
+    log_p = torch.distributions.Normal(batch["x_next"] * (1 - eta / PRIOR_STD**2), torch.sqrt(2 * eta)).log_prob(batch["x"]).sum(-1)
+    (-0.5 * log_p.mean()).backward()
     torch.testing.assert_close(grad, policy.eta_param.grad, rtol=1e-4, atol=1e-7)
     assert grad.abs().sum() > 0
+
+
+def test_tanh_term_of_the_last_step_adds_no_gradient_to_the_reference_term(diffppo):
+    # log p = log q - l_k: with the tanh correction l_{K-1} also holds -log|tanh'(x_K)|, which has no theta in it
+    losses, grads = [], []
+    for tanh_correction in (False, True):
+        policy = make_policy(diffppo, tanh_correction=tanh_correction)
+        torch.manual_seed(7)
+        batch, *_ = rollout_batch(diffppo, policy)
+        batch["log_prob"] = batch["log_prob"] + 0.5 * torch.randn_like(batch["log_prob"])
+        loss, ratio = diffppo.policy_loss(policy, batch, 0.2, False, 0.3)
+        loss.backward()
+        losses.append(loss)
+        grads.append(torch.cat([p.grad.flatten() for p in policy.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
+    # the loss itself moves by the constant -eps rho log|tanh'(x_K)| of the unclipped last steps
+    last = batch["k"] == 3
+    log_det = torch.log(1 - torch.tanh(batch["x_next"].double()) ** 2).sum(-1).float()
+    advantages = batch["advantages"]
+    not_clipped = (advantages * ratio <= advantages * ratio.clamp(0.8, 1.2)).float()
+    shift = (-ratio.detach() * 0.3 * log_det * not_clipped * last).mean()
+    torch.testing.assert_close(losses[1] - losses[0], shift, rtol=1e-3, atol=1e-5)
+    assert shift.abs() > 1e-3
 
 
 def test_value_loss_clips_around_the_rollout_values(diffppo):
@@ -211,13 +239,24 @@ def test_running_mean_std_matches_numpy(diffppo):
     assert rms.normalize(torch.full((1, 3), 1e6)).max().item() == 10.0  # clipped like CleanRL's wrapper
 
 
-def test_evaluation_does_not_update_the_observation_statistics(diffppo, ppo):
-    for actor in (make_policy(diffppo, randomize=False), ppo.Actor(OBS_DIM, ACTION_DIM, HIDDEN)):
-        actor.obs_rms.update(torch.randn(10, OBS_DIM))
-        before = {name: value.clone() for name, value in actor.obs_rms.state_dict().items()}
+def test_agent_samples_on_frozen_normalised_observations(diffppo, ppo):
+    # the Agent normalises raw observations with its statistics, which sampling (evaluation) does not update
+    for module, fields in ((diffppo, {"diffusion_steps": 4}), (ppo, {})):
+        torch.manual_seed(0)
+        agent = module.Agent(OBS_DIM, ACTION_DIM, module.Args(hidden_dim=HIDDEN, **fields))
         with torch.no_grad():
-            actor.sample(torch.randn(4, OBS_DIM))
-        for name, value in actor.obs_rms.state_dict().items():
+            agent.policy.net[-1].weight.normal_(0, 0.3)  # a policy whose output depends on the observation
+        agent.obs_rms.update(3 + 2 * torch.randn(50, OBS_DIM))
+        before = {name: value.clone() for name, value in agent.obs_rms.state_dict().items()}
+        obs = 3 + 2 * torch.randn(4, OBS_DIM)
+        with torch.no_grad():
+            torch.manual_seed(1)
+            action, *rest = agent.sample(obs)
+            torch.manual_seed(1)
+            expected = agent.policy.sample(((obs - agent.obs_rms.mean) / agent.obs_rms.var.sqrt()).float(), False)
+        torch.testing.assert_close(action, expected[0], rtol=1e-4, atol=1e-5)
+        assert action.abs().max() <= 1 and not torch.allclose(action, agent.policy.sample(obs)[0])
+        for name, value in agent.obs_rms.state_dict().items():
             assert torch.equal(value, before[name]), name
 
 
@@ -227,8 +266,12 @@ def test_ppo_log_pi_is_the_squashed_gaussian_density(ppo):
         actor.log_std.fill_(math.log(0.7))
     obs = torch.randn(16, OBS_DIM)
     with torch.no_grad():
-        x, log_prob, log_pi = actor.act(obs)
+        action, x, log_pi = actor.sample(obs)
+        mean, std = actor.kernel(obs)
+    torch.testing.assert_close(action, torch.tanh(x))
     gaussian = torch.distributions.Normal(actor.net(obs), 0.7)
-    torch.testing.assert_close(log_prob, gaussian.log_prob(x).sum(-1))
+    torch.testing.assert_close(ppo.gaussian_log_prob(x, mean, std), gaussian.log_prob(x).sum(-1))
     squashed = torch.distributions.TransformedDistribution(gaussian, torch.distributions.TanhTransform())
     torch.testing.assert_close(log_pi, squashed.log_prob(torch.tanh(x)).sum(-1), rtol=1e-4, atol=1e-4)
+    deterministic, x_mean, _ = actor.sample(obs, deterministic=True)
+    torch.testing.assert_close(x_mean, mean)

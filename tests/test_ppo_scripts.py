@@ -53,10 +53,16 @@ def test_trains_logs_saves_and_reloads_with_the_normaliser(script, tmp_path):
     for name in ("mean", "var", "count"):
         assert torch.equal(getattr(actor.obs_rms, name), checkpoint["actor"][f"obs_rms.{name}"])
     if script == "diffppo.py":
-        assert checkpoint["actor"]["net.4.weight"].abs().sum() > 0  # the drift network's last layer starts at zero
+        assert checkpoint["actor"]["policy.net.4.weight"].abs().sum() > 0  # the drift network's last layer starts at zero
         logged = {f"diffusion/eta_{k}" for k in range(4)} | {"diffusion/eps", "diffusion/entropy", "diffusion/saturated_fraction"}
         assert logged <= updates[0].keys() and "diffusion/eta_4" not in updates[0]
         assert updates[0]["diffusion/eps"] == 2e-4
+        # the first rollout samples the untrained chain (u = 0, the same at every state): its bound H_prior - sum_k l_k
+        policy = load_script(script).DiffusionPolicy(11, 3, 64, 4, 1.0, 1.0, True)
+        with torch.no_grad():
+            _, _, log_ratios = policy.sample(torch.zeros(20_000, 11))
+        expected = policy.prior_entropy() - log_ratios.sum(-1).mean().item()
+        assert updates[0]["diffusion/entropy"] == pytest.approx(expected, abs=0.5)  # 256 env steps of sampling noise
         assert list((run_dir / "videos").glob("*.mp4")), "--capture-video wrote no video"
 
     training_stdout = result.stdout
@@ -87,10 +93,11 @@ def test_nan_loss_stops_with_the_step(script, tmp_path):
 
 BAD_INPUTS = [
     ({"env_id": "NoSuchEnv-v0"}, "error: cannot make --env-id 'NoSuchEnv-v0'"),
-    ({"env_id": "CartPole-v1"}, "only continuous (Box) actions are supported"),
-    ({"total_timesteps": 1000}, "error: --total-timesteps 1000 is smaller than one rollout (--num-steps 2048 x --num-envs 1)"),
-    ({"num_minibatches": 1500}, "error: --num-minibatches 1500 leaves fewer than 2 of the rollout's 2048 env steps per minibatch"),
-    ({"critic_hidden_dim": 0}, "error: --hidden-dim and --critic-hidden-dim must be at least 1, got 64 and 0"),
+    ({"env_id": "CartPole-v1"}, "only Box actions are supported"),
+    ({"total_timesteps": 1000}, "error: --total-timesteps must cover one rollout of 2048 env steps (--num-steps x --num-envs), got 1000"),
+    ({"num_minibatches": 1500}, "error: --num-minibatches must be at most half the rollout's 2048 env steps, got 1500"),
+    ({"critic_hidden_dim": 0}, "error: --critic-hidden-dim must be at least 1, got 0"),
+    ({"num_steps": 0}, "error: --num-steps must be at least 1, got 0"),
 ]
 
 
