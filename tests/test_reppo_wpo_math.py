@@ -273,8 +273,44 @@ def test_default_prior_keeps_initial_actions_off_the_bounds(script, request):
     for prior_std in (args.prior_std, 3.0):
         actor = module.DiffusionPolicy(17, 6, 32, args.diffusion_steps, prior_std, args.eta_max, args.tanh_correction)
         with torch.no_grad():
-            actions, _ = actor.sample(torch.randn(2000, 17))
+            actions = actor.sample(torch.randn(2000, 17))[0]
         saturated[prior_std] = (actions.abs() > 0.99).float().mean().item()
     assert args.prior_std == 1.0
     assert saturated[args.prior_std] < 0.02
     assert saturated[3.0] == pytest.approx(0.38, abs=0.03)
+
+
+@pytest.mark.parametrize("script", ["wpo", "diffwpo"])
+def test_wpo_agents_normalise_raw_observations(script, request):
+    """Agent.sample(raw obs) is the policy's sample at the normalised observations: shifting the normaliser's mean and the
+    input by 100 leaves the action unchanged, while the policy itself on the raw input acts differently."""
+    module = request.getfixturevalue(script)
+    torch.manual_seed(0)
+    agent = module.Agent(4, module.make_policy(4, 2, module.Args(hidden_dim=16)))
+    torch.nn.init.normal_(agent.policy.net[-1].weight, std=0.5)  # the chain's drift starts at zero, independent of s
+    agent.obs_norm.update(3.0 + 2.0 * torch.randn(500, 4))
+    obs = 3.0 + 2.0 * torch.randn(6, 4)
+    normalised = ((obs - agent.obs_norm.mean) / torch.sqrt(agent.obs_norm.var + 1e-8)).clamp(-10, 10)
+    before = agent.sample(obs, deterministic=True)[0]
+    assert torch.allclose(before, agent.policy.sample(normalised, deterministic=True)[0])
+    assert not torch.allclose(before, agent.policy.sample(obs, deterministic=True)[0], atol=1e-3)
+    agent.obs_norm.mean += 100.0
+    assert torch.allclose(agent.sample(obs + 100.0, deterministic=True)[0], before, atol=1e-5)
+
+
+def test_diffwpo_sample_returns_the_log_ratios_of_its_da_transitions(diffwpo):
+    """sample() returns tanh(x_K), the chain and l_0..l_{K-1}: the update's log_ratio at the chain's DA transitions
+    (s, x_k, k) -> x_{k+1} gives the same l_k, and H_p is the prior's entropy (the entropy bound is H_p - sum_k l_k)."""
+    torch.manual_seed(0)
+    policy = diffwpo.DiffusionPolicy(3, 2, 16, 4, 1.5, 1.0, True)
+    torch.nn.init.normal_(policy.net[-1].weight, std=0.1)
+    obs = torch.randn(5, 3)
+    action, chain, log_ratios = policy.sample(obs)
+    assert chain.shape == (5, 5, 2) and log_ratios.shape == (5, 4)
+    assert torch.allclose(action, torch.tanh(chain[:, -1]))
+    k = torch.arange(4).repeat(5)
+    x, x_next = chain[:, :-1].flatten(0, 1), chain[:, 1:].flatten(0, 1)
+    mean, std = policy.kernel(obs.repeat_interleave(4, 0), x, k)
+    assert torch.allclose(policy.log_ratio(x, k, x_next, mean, std).view(5, 4), log_ratios, atol=1e-5)
+    prior = torch.distributions.Normal(torch.zeros(2), 1.5)
+    assert policy.prior_entropy() == pytest.approx(prior.entropy().sum().item(), rel=1e-6)

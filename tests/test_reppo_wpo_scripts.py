@@ -49,12 +49,12 @@ def test_trains_logs_saves_and_reloads(script, tmp_path):
     assert checkpoint["actor"]["obs_norm.count"].item() == pytest.approx(128, abs=0.01)
     assert checkpoint["return_normalizer"]["count"] == pytest.approx(128, abs=0.01)
     if script in DIFFUSION_SCRIPTS:
-        assert checkpoint["actor"]["net.6.weight"].abs().sum() > 0  # the drift network's last layer starts at zero
-        assert {"diffusion/alpha", "diffusion/entropy", "diffusion/eta_0", "diffusion/eta_2"} <= losses[0].keys()
+        assert checkpoint["actor"]["policy.net.6.weight"].abs().sum() > 0  # the drift network's last layer starts at zero
+        assert {"losses/alpha", "diffusion/entropy", "diffusion/eta_0", "diffusion/eta_2"} <= losses[0].keys()
         assert "diffusion/eta_3" not in losses[0]
         assert losses[0]["diffusion/eta_0"] == pytest.approx(0.5, abs=0.01)
     else:
-        assert {"policy/alpha", "policy/entropy"} <= losses[0].keys()
+        assert {"losses/alpha", "policy/entropy"} <= losses[0].keys()
     assert any("charts/episodic_return" in row for row in rows)
     evals = [row for row in rows if "eval/episodic_return" in row]
     assert [row["step"] for row in evals] == [64, 128]
@@ -74,7 +74,7 @@ def test_trains_logs_saves_and_reloads(script, tmp_path):
     # benchmarks/multimodal.py's use: load_actor, then sample(raw observations) -> (squashed action, ...)
     actor, saved, _ = load_script(script).load_actor(run_dir / "model.pt", torch.device("cpu"))
     assert saved.env_id == "InvertedPendulum-v5" and saved.num_envs == 4
-    action, extra = actor.sample(torch.full((5, 4), 100.0))
+    action, extra = actor.sample(torch.full((5, 4), 100.0))[:2]
     assert action.shape == (5, 1) and action.abs().max() <= 1
     if script in DIFFUSION_SCRIPTS:
         assert extra.shape == (5, 4, 1) and torch.allclose(action, torch.tanh(extra[:, -1]))  # the chain x_0..x_K, K = 3
