@@ -16,19 +16,18 @@ per sample (no back-propagation through the chain). A rollout of T env steps is 
                    G_{k,t}   = G_{K-1,t} - alpha sum_{j>k} l_{j,t}       (x'_0 ~ prior, x'_1 ~ q(.|s'_t, x'_0, 0) afresh;
                    G_{0,t+1} := Q(s'_t, x'_1, 0) where the episode was truncated or the rollout ends)
                    H_p = A/2 log(2 pi e sigma_p^2), the prior's entropy: E[log pi] <= -H_p + E[sum_k l_k], so the chain's
-                   entropy bonus per env step is alpha (H_p - sum_k l_k), not the relative -alpha sum_k l_k (the constant
-                   matters only where episodes terminate; --no-prior-entropy-bonus drops it)
-    critic loss    cross-entropy of the categorical critic Q(s, x_{k+1}, k) to HL-Gauss(G), as in REPPO
+                   entropy bonus per env step is alpha (H_p - sum_k l_k), not the relative -alpha sum_k l_k
+    critic loss    cross-entropy of the categorical critic's logits to HL-Gauss(G), a Gaussian integrated over the value bins
     actor loss     per sample:  alpha l_k(theta) - Q(s, x_{k+1}(theta), k),  x_{k+1} ~ q reparameterised,  while KL_i <= kl_bound
                                 stopgrad(beta) KL_i,   otherwise
                    KL_i = K * KL(q_old(.|s,x_k,k) || q(.|s,x_k,k)), closed form for the two diagonal Gaussians
-    temperature    loss alpha * stopgrad(H_hat - H_target),  H_hat = -K mean(l_k),  H_target = -c A
-    KL multiplier  loss -beta * stopgrad(mean KL - kl_bound)
+    temperature    loss alpha * stopgrad(H_hat - H_target),  H_hat = H_p - K mean(l_k),  H_target = H_p - c A
+    KL multiplier  loss -beta * stopgrad(mean KL - kl_bound): beta grows while the mean KL is over the bound
 
-Observations are normalised by running statistics (inside the policy, saved with it); rewards are divided
-by the running std of the discounted return, so the critic's value range [-value_bound, value_bound] is in
-units of the task's own return scale. `diff baselines/reppo.py da_mdp_reppo.py` shows exactly what changes
-from REPPO; `diff da_mdp_reppo.py diffwpo.py` shows the WPO actor update.
+Observations are normalised by running statistics (the Agent puts the normaliser in front of the policy and
+saves both); rewards are divided by the running std of the discounted return, so the critic's value range
+[-value_bound, value_bound] is in units of the task's own return scale. `diff baselines/reppo.py da_mdp_reppo.py` shows what the diffusion
+chain changes.
 
 Run:  python da_mdp_reppo.py --env-id Hopper-v5 --total-timesteps 1000000
 """
@@ -111,7 +110,7 @@ class Args:
     autotune: bool = True
     """if toggled, alpha is tuned towards the entropy target"""
     target_entropy_scale: float = 3.0
-    """c in H_target = -c * action_dim for -K mean(l_k); the bonus at the target is alpha (H_p - c A) per env step (c = 2: no better)"""
+    """c in the entropy target H_target = H_p - c * action_dim of the bound H_p - K mean(l_k); the bonus at it is alpha (H_p - c A)"""
     kl_bound: float = 0.1
     """per-sample trust region: K * KL(q_old || q) above it switches the sample's loss to beta * KL"""
     beta_init: float = 0.3
@@ -126,8 +125,6 @@ class Args:
     """the learning rate of the step sizes eta_k (None: --learning-rate); the multimodal task needs a faster one"""
     tanh_correction: bool = True
     """if toggled, l_{K-1} includes tanh's log-det, so the entropy estimate is of the squashed action, as in SAC"""
-    prior_entropy_bonus: bool = True
-    """if toggled, each env step's soft reward includes alpha * H_p, the prior's entropy, so the bonus is alpha * H(pi), not relative"""
 
 
 def to_env(squashed_action, space):
@@ -137,50 +134,41 @@ def to_env(squashed_action, space):
 
 def make_env(env_id, seed):
     def thunk():
-        env = gym.make(env_id)
-        env = gym.wrappers.RecordEpisodeStatistics(env)
+        env = gym.wrappers.RecordEpisodeStatistics(gym.make(env_id))
         env.action_space.seed(seed)
         return env
 
     return thunk
 
 
+def first_line(error):
+    """The first line of an exception's message, for a one-line `error:`."""
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
 def check_args(args):
-    """Exit with one clear line on input that cannot train."""
+    """Exit with one clear `error:` line on input that cannot train."""
     try:
         probe = gym.make(args.env_id)
     except Exception as error:
-        first_line = (str(error).splitlines() or [type(error).__name__])[0]
-        raise SystemExit(f"error: cannot make --env-id {args.env_id!r}: {first_line}") from None
+        raise SystemExit(f"error: cannot make --env-id {args.env_id!r}: {first_line(error)}") from None
     if not isinstance(probe.action_space, gym.spaces.Box):
-        raise SystemExit(
-            f"error: --env-id {args.env_id!r} has action space {probe.action_space}; only continuous (Box) actions are supported"
-        )
+        raise SystemExit(f"error: --env-id {args.env_id!r} has actions {probe.action_space}; only continuous (Box) actions are supported")
     probe.close()
-    if not 0 <= args.seed < 2**31:
-        raise SystemExit(f"error: --seed must lie in [0, 2**31), got {args.seed}")
-    if args.eval_episodes < 1:
-        raise SystemExit(f"error: --eval-episodes must be at least 1, got {args.eval_episodes}")
-    if args.evaluate_checkpoint is not None:
-        return
-    positive = "total_timesteps eval_frequency learning_rate dual_learning_rate max_grad_norm hidden_dim num_bins"
-    for name in (positive + " value_bound alpha_init kl_bound beta_init prior_std").split():
-        if not getattr(args, name) > 0:  # also rejects NaN
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in "gamma td_lambda".split():
-        if not 0 <= getattr(args, name) <= 1:
-            raise SystemExit(f"error: --{name.replace('_', '-')} must lie in [0, 1], got {getattr(args, name)}")
-    if args.diffusion_steps < 1:
-        raise SystemExit(f"error: --diffusion-steps must be at least 1, got {args.diffusion_steps}")
-    if args.eta_lr is not None and args.eta_lr <= 0:
-        raise SystemExit(f"error: --eta-lr must be positive, got {args.eta_lr}")
-    if args.eta_max <= 0.5:
-        raise SystemExit(f"error: --eta-max must exceed 0.5, the first step's initial step size, got {args.eta_max}")
-    if min(args.num_envs, args.num_steps, args.num_minibatches, args.update_epochs) < 1:
-        raise SystemExit("error: --num-envs, --num-steps, --num-minibatches and --update-epochs must be at least 1")
-    if args.kl_bound <= 0 or args.value_bound <= 0 or args.num_bins < 2:
-        raise SystemExit("error: --kl-bound and --value-bound must be positive and --num-bins at least 2")
-    if args.total_timesteps < args.num_envs * args.num_steps:
+    rules = [("seed", "must lie in [0, 2**31)", 0 <= args.seed < 2**31), ("eval_episodes", "must be at least 1", args.eval_episodes >= 1)]
+    if args.evaluate_checkpoint is None:  # `> 0` also rejects NaN
+        positive = "total_timesteps eval_frequency learning_rate dual_learning_rate max_grad_norm hidden_dim value_bound alpha_init"
+        rules += [(name, "must be positive", getattr(args, name) > 0) for name in (positive + " kl_bound beta_init prior_std").split()]
+        rules += [(name, "must lie in [0, 1]", 0 <= getattr(args, name) <= 1) for name in ("gamma", "td_lambda")]
+        at_least_1 = ("num_envs", "num_steps", "num_minibatches", "update_epochs", "diffusion_steps")
+        rules += [(name, "must be at least 1", getattr(args, name) >= 1) for name in at_least_1]
+        rules += [("num_bins", "must be at least 2", args.num_bins >= 2)]
+        rules += [("eta_lr", "must be positive", args.eta_lr is None or args.eta_lr > 0)]
+        rules += [("eta_max", "must exceed 0.5, the first step's initial step size", args.eta_max > 0.5)]
+    for name, rule, holds in rules:
+        if not holds:
+            raise SystemExit(f"error: --{name.replace('_', '-')} {rule}, got {getattr(args, name)}")
+    if args.evaluate_checkpoint is None and args.total_timesteps < args.num_envs * args.num_steps:
         raise SystemExit(
             f"error: --total-timesteps {args.total_timesteps} must be at least --num-envs * --num-steps = "
             f"{args.num_envs * args.num_steps}, or no gradient update would run"
@@ -188,13 +176,11 @@ def check_args(args):
 
 
 def real_next_obs(next_obs, infos):
-    """True next observations of a vector env step with SAME_STEP autoreset.
-
-    A finished env already returns its reset observation; the episode's last one is in infos["final_obs"].
-    """
-    real = next_obs.copy()
-    for i in np.flatnonzero(infos.get("_final_obs", [])):
-        real[i] = infos["final_obs"][i]
+    """The true s' of a vector env step with SAME_STEP autoreset: a finished env returns its reset observation and
+    keeps the episode's last one in infos["final_obs"]."""
+    real, finished = next_obs.copy(), infos.get("_final_obs", np.zeros(len(next_obs), bool))
+    if finished.any():
+        real[finished] = np.stack(infos["final_obs"][finished])
     return real
 
 
@@ -207,19 +193,12 @@ def check_finite(name, value, step):
 def mlp(in_dim, out_dim, hidden_dim, layer_norm=False):
     """Two hidden ReLU layers; critics add LayerNorm for stability."""
     norm = (lambda: nn.LayerNorm(hidden_dim)) if layer_norm else nn.Identity
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim),
-        norm(),
-        nn.ReLU(),
-        nn.Linear(hidden_dim, hidden_dim),
-        norm(),
-        nn.ReLU(),
-        nn.Linear(hidden_dim, out_dim),
-    )
+    hidden = [nn.Linear(in_dim, hidden_dim), norm(), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), norm(), nn.ReLU()]
+    return nn.Sequential(*hidden, nn.Linear(hidden_dim, out_dim))
 
 
 class ObservationNormalizer(nn.Module):
-    """(obs - mean) / std with running statistics, clipped to [-10, 10]; buffers, so they are saved with the policy."""
+    """(obs - mean) / std with running statistics, clipped to [-10, 10]; buffers, so they are saved with the agent."""
 
     def __init__(self, obs_dim):
         super().__init__()
@@ -230,8 +209,7 @@ class ObservationNormalizer(nn.Module):
     def update(self, obs):
         """Merges a batch of raw observations into the running mean and variance (Chan et al.'s parallel formula)."""
         batch_mean, batch_var, batch_count = obs.mean(0), obs.var(0, unbiased=False), obs.shape[0]
-        total = self.count + batch_count
-        delta = batch_mean - self.mean
+        total, delta = self.count + batch_count, batch_mean - self.mean
         self.var.copy_((self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total) / total)
         self.mean.add_(delta * batch_count / total)
         self.count.copy_(total)
@@ -250,8 +228,7 @@ class ReturnNormalizer:
     def update(self, rewards, dones):
         self.returns = self.returns * self.gamma + rewards
         batch_mean, batch_var, batch_count = self.returns.mean(), self.returns.var(), len(rewards)
-        total = self.count + batch_count
-        delta = batch_mean - self.mean
+        total, delta = self.count + batch_count, batch_mean - self.mean
         self.var = (self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total) / total
         self.mean, self.count = self.mean + delta * batch_count / total, total
         self.returns[dones] = 0.0
@@ -261,10 +238,8 @@ class ReturnNormalizer:
 
 
 def hl_gauss(values, edges):
-    """HL-Gauss target distributions (B, bins): N(value, sigma^2) integrated over each bin, sigma = 0.75 bin widths.
-
-    Values outside the support are clipped to its ends; the mass beyond the two outer edges is renormalised away.
-    """
+    """HL-Gauss target distributions (B, bins): N(value, sigma^2) integrated over each bin, sigma = 0.75 bin widths;
+    values outside the support are clipped to its ends, and the mass beyond the two outer edges is renormalised away."""
     sigma = 0.75 * (edges[1] - edges[0])
     values = values.clamp(edges[0], edges[-1])
     cdf = torch.special.ndtr((edges - values[:, None]) / sigma)
@@ -289,19 +264,18 @@ class SoftQNetwork(nn.Module):
 
 
 class DiffusionPolicy(nn.Module):
-    """K-step denoising chain x_0 -> x_K in pre-tanh space; the squashed action is tanh(x_K) in [-1, 1]^A."""
+    """K-step denoising chain x_0 -> x_K in pre-tanh space R^A; the squashed action is tanh(x_K) in [-1, 1]^A."""
 
     def __init__(self, obs_dim, action_dim, hidden_dim, diffusion_steps, prior_std, eta_max, tanh_correction):
         super().__init__()
         self.action_dim, self.diffusion_steps, self.prior_std = action_dim, diffusion_steps, prior_std
         self.eta_max, self.tanh_correction = eta_max, tanh_correction
-        self.obs_norm = ObservationNormalizer(obs_dim)
         self.net = mlp(obs_dim + action_dim + diffusion_steps, action_dim, hidden_dim)
-        # u starts at zero: the initial chain is an Ornstein-Uhlenbeck chain that keeps x ~ N(0, sigma_p^2)
+        # u starts at zero: the initial chain is an Ornstein-Uhlenbeck chain that keeps x ~ N(0, sigma_p^2 I)
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
-        # eta_k = 0.5 * sched(k), sched(k) = 0.17 + 0.83 (K - k) / K, learned per (step, dim); bounded by eta_max,
-        # since nothing else stops the entropy bonus from growing them until the critic diverges
+        # eta_k starts at 0.5 (0.17 + 0.83 (K - k) / K) and is learned per (step, dim) below eta_max, since
+        # nothing else stops the entropy bonus from growing the steps until the critic diverges
         steps = torch.arange(diffusion_steps, dtype=torch.float32)
         eta = 0.5 * (0.17 + 0.83 * (diffusion_steps - steps) / diffusion_steps)
         self.eta_param = nn.Parameter(torch.logit(eta / eta_max)[:, None].repeat(1, action_dim))
@@ -310,22 +284,26 @@ class DiffusionPolicy(nn.Module):
         """Step sizes eta_k = eta_max * sigmoid(param), shape (K, A)."""
         return self.eta_max * torch.sigmoid(self.eta_param)
 
+    def prior_entropy(self):
+        """H_prior = A/2 log(2 pi e sigma_p^2), the entropy of x_0 ~ N(0, sigma_p^2 I)."""
+        return 0.5 * self.action_dim * np.log(2 * np.pi * np.e * self.prior_std**2)
+
     def kernel(self, obs, x, k):
-        """Mean and std of the denoising kernel q(x_{k+1} | x_k, s, k) at normalised observations."""
+        """Mean and std of the denoising kernel q(x_{k+1} | x_k, s, k) = N(x_k + eta_k (-x_k / sigma_p^2 + u), 2 eta_k)."""
         eta = self.eta()[k]
         u = self.net(torch.cat([obs, x, F.one_hot(k, self.diffusion_steps).float()], -1))
         return x + eta * (-x / self.prior_std**2 + u), torch.sqrt(2 * eta)
 
     def log_ratio(self, x, k, x_next, mean, std):
         """l_k = log q(x_{k+1} | x_k, s, k) - log p(x_k | x_{k+1}), given q's mean and std."""
-        # p is normalised in x_k (drift at x_{k+1}, the same eta_k as q), so l_k is a true log density ratio;
-        # the authors' code evaluates the drift at x_k with eta_{k+1} (docs/method.md, section 2)
+        # p(x_k | x_{k+1}) = N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k) is normalised in x_k, so l_k is a
+        # true log density ratio; the authors' code puts the drift at x_k, with eta_{k+1} (docs/method.md, section 2)
         reverse_mean = x_next - (std**2 / 2) * x_next / self.prior_std**2
         # q and p share the variance 2 eta_k = std^2, so their normalising constants cancel
         l_k = (((x - reverse_mean) ** 2 - (x_next - mean) ** 2) / (2 * std**2)).sum(-1)
         if self.tanh_correction:
-            # without it the chain buys entropy in tanh's flat, saturated region; at the last step
-            # subtract log|d tanh(x_K)/dx_K| = sum_d 2 (log 2 - x - softplus(-2x)), as SAC does
+            # at the last step subtract log|d tanh(x_K)/dx_K| = sum_d 2 (log 2 - x - softplus(-2x)), as SAC does, so
+            # the bound is of the squashed action and the chain cannot buy entropy in tanh's flat, saturated region
             log_det = 2 * (np.log(2.0) - x_next - F.softplus(-2 * x_next)).sum(-1)
             l_k = l_k - torch.where(k == self.diffusion_steps - 1, log_det, 0.0)
         return l_k
@@ -337,17 +315,38 @@ class DiffusionPolicy(nn.Module):
         return x_next, self.log_ratio(x, k, x_next, mean, std)
 
     def sample(self, obs, deterministic=False):
-        """Raw observations in; runs the whole chain from a fresh prior sample; returns tanh(x_K) and the chain x_0..x_K (B, K+1, A)."""
-        obs = self.obs_norm(obs)
+        """The whole chain from a fresh prior sample: tanh(x_K), the chain x_0..x_K (B, K+1, A) and l_0..l_{K-1} (B, K).
+
+        deterministic: x_0 = 0 and every step takes the kernel's mean.
+        """
         x = torch.zeros(obs.shape[0], self.action_dim, device=obs.device)
         if not deterministic:
             x = self.prior_std * torch.randn_like(x)
-        chain = [x]
+        chain, log_ratios = [x], []
         for k in range(self.diffusion_steps):
-            mean, std = self.kernel(obs, x, torch.full((obs.shape[0],), k, device=obs.device))
-            x = mean if deterministic else mean + std * torch.randn_like(mean)
+            step = torch.full((obs.shape[0],), k, device=obs.device)
+            mean, std = self.kernel(obs, x, step)
+            x_next = mean if deterministic else mean + std * torch.randn_like(mean)
+            log_ratios.append(self.log_ratio(x, step, x_next, mean, std))
+            x = x_next
             chain.append(x)
-        return torch.tanh(x), torch.stack(chain, 1)
+        return torch.tanh(x), torch.stack(chain, 1), torch.stack(log_ratios, 1)
+
+
+def make_policy(obs_dim, action_dim, args):
+    """The policy of a run's Args (for training and for reloading a checkpoint)."""
+    return DiffusionPolicy(obs_dim, action_dim, args.hidden_dim, args.diffusion_steps, args.prior_std, args.eta_max, args.tanh_correction)
+
+
+class Agent(nn.Module):
+    """The policy behind the running observation normaliser: sample() takes raw observations; both are saved together."""
+
+    def __init__(self, obs_dim, policy):
+        super().__init__()
+        self.obs_norm, self.policy = ObservationNormalizer(obs_dim), policy
+
+    def sample(self, obs, deterministic=False):
+        return self.policy.sample(self.obs_norm(obs), deterministic)
 
 
 def gaussian_kl(mean_old, std_old, mean, std):
@@ -356,12 +355,9 @@ def gaussian_kl(mean_old, std_old, mean, std):
 
 
 def td_lambda_targets(rewards, next_q, next_log_ratio, log_ratios, terminated, truncated, alpha, gamma, td_lambda, prior_entropy):
-    """Soft TD(lambda) targets G (T, N, K) of the DA transitions of one rollout, from (T, N) arrays and the chains' l (T, N, K).
+    """Soft TD(lambda) targets G (T, N, K) of one rollout's DA transitions (the module docstring's critic target), backwards in time.
 
-    TD(lambda) over DA steps with gamma_k = lambda_k = 1 inside the chain, written per env step, backwards in time:
-    G_{K-1,t} = r_t + gamma (1 - terminated_t) [ alpha (H_p - l'_0) + lambda G_{0,t+1} + (1 - lambda) Q(s'_t, x'_1, 0) ]
-    G_{k,t}   = G_{K-1,t} - alpha sum_{j>k} l_{j,t}   (in-chain soft rewards -alpha l_{k+1}, no discount, no bootstrap)
-    with G_{0,t+1} replaced by Q(s'_t, x'_1, 0) where the episode was truncated at t or the rollout ends; H_p = prior_entropy.
+    rewards, next_q, next_log_ratio (l'_0), terminated and truncated are (T, N); log_ratios, the chains' l_k, (T, N, K).
     """
     chain_entropy = alpha * (log_ratios.flip(-1).cumsum(-1).flip(-1) - log_ratios)  # alpha sum_{j>k} l_j, (T, N, K)
     env_targets = torch.zeros_like(rewards)
@@ -384,10 +380,7 @@ def critic_loss(batch, qf):
 
 
 def actor_loss(batch, actor, qf, alpha, beta, kl_bound):
-    """Per sample alpha l_k - Q(s, x_{k+1}, k) (pathwise, one kernel step) inside the trust region, beta KL outside.
-
-    Returns the mean loss, l_k and the per-sample KL.
-    """
+    """Per sample alpha l_k - Q(s, x_{k+1}, k) (pathwise, one kernel step) inside the trust region, beta KL outside; returns it, l_k, KL."""
     obs, x, k = batch["obs"], batch["x"], batch["k"]
     mean, std = actor.kernel(obs, x, k)
     x_next = mean + std * torch.randn_like(mean)
@@ -398,14 +391,12 @@ def actor_loss(batch, actor, qf, alpha, beta, kl_bound):
 
 
 def dual_losses(log_alpha, log_beta, entropy, target_entropy, kl, kl_bound):
-    """alpha * stopgrad(H_hat - H_target) and -beta * stopgrad(mean KL - kl_bound).
-
-    Gradient descent raises each multiplier while its constraint is violated (entropy below target, KL above bound).
-    """
+    """alpha * stopgrad(H_hat - H_target) and -beta * stopgrad(mean KL - kl_bound): gradient descent raises each
+    multiplier while its constraint is violated (entropy below target, KL above bound)."""
     return log_alpha.exp() * (entropy.detach() - target_entropy), -log_beta.exp() * (kl.detach().mean() - kl_bound)
 
 
-def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=None):
+def evaluate(agent, env_id, episodes, seed, deterministic, device, video_dir=None):
     """Undiscounted returns of `episodes` episodes on a fresh env, env and sampler seeded seed, seed+1, ..."""
     env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
     if video_dir:
@@ -418,7 +409,7 @@ def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=Non
             done, episode_return = False, 0.0
             while not done:
                 with torch.no_grad():
-                    action, _ = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)
+                    action = agent.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)[0]
                 obs, reward, terminated, truncated, _ = env.step(to_env(action[0].cpu().numpy(), env.action_space))
                 episode_return += float(reward)
                 done = terminated or truncated
@@ -428,12 +419,11 @@ def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=Non
 
 
 def load_actor(path, device):
-    """Rebuilds the actor (observation normaliser included) of a checkpoint written by --save-model; returns it and the run's Args."""
+    """The Agent (policy and observation normaliser) of a checkpoint written by --save-model, the run's Args and env steps."""
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=False)
     except Exception as error:  # missing, unreadable, or not a torch file
-        first_line = (str(error).splitlines() or [type(error).__name__])[0]
-        raise SystemExit(f"error: cannot load --evaluate-checkpoint {path}: {first_line}") from None
+        raise SystemExit(f"error: cannot load --evaluate-checkpoint {path}: {first_line(error)}") from None
     script = os.path.basename(__file__)
     written_by = checkpoint.get("script", "another program") if isinstance(checkpoint, dict) else "another program"
     if written_by != script:
@@ -441,11 +431,9 @@ def load_actor(path, device):
     saved = Args(**checkpoint["args"])
     env = gym.make(saved.env_id)
     obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    actor = DiffusionPolicy(
-        obs_dim, action_dim, saved.hidden_dim, saved.diffusion_steps, saved.prior_std, saved.eta_max, saved.tanh_correction
-    )
-    actor.load_state_dict(checkpoint["actor"])
-    return actor.to(device), saved, checkpoint["env_steps"]
+    agent = Agent(obs_dim, make_policy(obs_dim, action_dim, saved))
+    agent.load_state_dict(checkpoint["actor"])
+    return agent.to(device), saved, checkpoint["env_steps"]
 
 
 if __name__ == "__main__":
@@ -460,8 +448,8 @@ if __name__ == "__main__":
     torch.backends.cudnn.deterministic = args.torch_deterministic
 
     if args.evaluate_checkpoint is not None:
-        actor, saved, env_steps = load_actor(args.evaluate_checkpoint, device)
-        returns = evaluate(actor, saved.env_id, args.eval_episodes, saved.seed + 10_000, args.eval_deterministic, device)
+        agent, saved, env_steps = load_actor(args.evaluate_checkpoint, device)
+        returns = evaluate(agent, saved.env_id, args.eval_episodes, saved.seed + 10_000, args.eval_deterministic, device)
         print(f"{saved.env_id}: eval returns {np.round(returns, 2).tolist()}")
         print(f"eval return {returns.mean():.2f} +- {returns.std():.2f} over {len(returns)} episodes at env step {env_steps}")
         raise SystemExit(0)
@@ -493,25 +481,20 @@ if __name__ == "__main__":
         metrics_file.flush()
 
     envs = gym.vector.SyncVectorEnv(
-        [make_env(args.env_id, args.seed + i) for i in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+        [make_env(args.env_id, args.seed + i) for i in range(args.num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
     )
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
 
-    diffusion_steps = args.diffusion_steps
-    actor = DiffusionPolicy(obs_dim, action_dim, args.hidden_dim, diffusion_steps, args.prior_std, args.eta_max, args.tanh_correction).to(
-        device
-    )
-    qf = SoftQNetwork(obs_dim, action_dim, args.hidden_dim, args.num_bins, args.value_bound, diffusion_steps).to(device)
-    eta_lr = args.learning_rate if args.eta_lr is None else args.eta_lr
-    drift_params = [p for name, p in actor.named_parameters() if name != "eta_param"]
-    actor_optimizer = torch.optim.Adam([{"params": drift_params}, {"params": [actor.eta_param], "lr": eta_lr}], lr=args.learning_rate)
+    actor = make_policy(obs_dim, action_dim, args)
+    agent = Agent(obs_dim, actor).to(device)
+    qf = SoftQNetwork(obs_dim, action_dim, args.hidden_dim, args.num_bins, args.value_bound, args.diffusion_steps).to(device)
+    eta_group = {"params": [actor.eta_param], "lr": args.eta_lr or args.learning_rate}  # the step sizes' own learning rate
+    actor_optimizer = torch.optim.Adam([{"params": actor.net.parameters()}, eta_group], lr=args.learning_rate)
     q_optimizer = torch.optim.Adam(qf.parameters(), lr=args.learning_rate)
     log_alpha = torch.tensor(np.log(args.alpha_init), dtype=torch.float32, device=device, requires_grad=True)
     log_beta = torch.tensor(np.log(args.beta_init), dtype=torch.float32, device=device, requires_grad=True)
     dual_optimizer = torch.optim.Adam([log_alpha, log_beta], lr=args.dual_learning_rate)
-    target_entropy = -args.target_entropy_scale * action_dim
-    prior_entropy = 0.5 * action_dim * np.log(2 * np.pi * np.e * args.prior_std**2) if args.prior_entropy_bonus else 0.0
+    target_entropy = actor.prior_entropy() - args.target_entropy_scale * action_dim  # H_p on both sides: see target_entropy_scale
     return_normalizer = ReturnNormalizer(args.num_envs, args.gamma)
 
     obs, _ = envs.reset(seed=args.seed)
@@ -537,9 +520,9 @@ if __name__ == "__main__":
             global_step += args.num_envs
             obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=device)
             with torch.no_grad():
-                actor.obs_norm.update(obs_tensor)
-                norm_obs = actor.obs_norm(obs_tensor)
-                actions, chains = actor.sample(obs_tensor)
+                agent.obs_norm.update(obs_tensor)
+                norm_obs = agent.obs_norm(obs_tensor)
+                actions, chains, _ = actor.sample(norm_obs)
             next_obs, rewards, terminations, truncations, infos = envs.step(to_env(actions.cpu().numpy(), envs.single_action_space))
             for i in np.flatnonzero(infos.get("_final_info", [])):
                 episode = infos["final_info"]["episode"]
@@ -547,7 +530,7 @@ if __name__ == "__main__":
                 log_scalars(global_step, {"charts/episodic_return": float(episode["r"][i]), "charts/episodic_length": int(episode["l"][i])})
             return_normalizer.update(rewards, terminations | truncations)
             # the next state is normalised with the statistics its state was normalised with (Q(s') and Q(s) see one scale)
-            next_norm_obs = actor.obs_norm(torch.as_tensor(real_next_obs(next_obs, infos), dtype=torch.float32, device=device))
+            next_norm_obs = agent.obs_norm(torch.as_tensor(real_next_obs(next_obs, infos), dtype=torch.float32, device=device))
             step_data = (norm_obs, chains, rewards, terminations, truncations & ~terminations, next_norm_obs)
             for key, value in zip(keys, step_data, strict=True):
                 rollout[key].append(torch.as_tensor(value, device=device))
@@ -555,14 +538,14 @@ if __name__ == "__main__":
         rollout = {key: torch.stack(values) for key, values in rollout.items()}  # (T, N, ...)
 
         # --- the rollout's T * N * K DA transitions (s, x_k, k) -> x_{k+1}, with the old kernels and log ratios ---
-        alpha, beta = log_alpha.exp().item(), log_beta.exp().item()
+        alpha = log_alpha.exp().item()
         with torch.no_grad():
             chains = rollout["chains"].flatten(0, 1)  # (T*N, K+1, A)
             data = {
-                "obs": rollout["obs"].flatten(0, 1).repeat_interleave(diffusion_steps, 0),
+                "obs": rollout["obs"].flatten(0, 1).repeat_interleave(args.diffusion_steps, 0),
                 "x": chains[:, :-1].flatten(0, 1),
                 "x_next": chains[:, 1:].flatten(0, 1),
-                "k": torch.arange(diffusion_steps, device=device).repeat(len(chains)),
+                "k": torch.arange(args.diffusion_steps, device=device).repeat(len(chains)),
             }
             data["mean"], data["std"] = actor.kernel(data["obs"], data["x"], data["k"])
             log_ratios = actor.log_ratio(data["x"], data["k"], data["x_next"], data["mean"], data["std"])
@@ -574,11 +557,9 @@ if __name__ == "__main__":
             next_x, next_log_ratio = actor.step(next_obs_norm, prior_sample, first_step)
             next_q = qf(next_obs_norm, next_x, first_step)
             rewards = rollout["rewards"].float() / return_normalizer.scale()
-            terminated, truncated = rollout["terminated"].float(), rollout["truncated"]
-            log_ratios = log_ratios.view(*rewards.shape, diffusion_steps)
-            targets = td_lambda_targets(
-                rewards, next_q, next_log_ratio, log_ratios, terminated, truncated, alpha, args.gamma, args.td_lambda, prior_entropy
-            )
+            log_ratios = log_ratios.view(*rewards.shape, args.diffusion_steps)
+            td_args = (rollout["terminated"].float(), rollout["truncated"], alpha, args.gamma, args.td_lambda)
+            targets = td_lambda_targets(rewards, next_q, next_log_ratio, log_ratios, *td_args, actor.prior_entropy())
         data["targets"] = targets.flatten()
 
         # --- update_epochs passes of minibatch updates: critic, then actor, then the two multipliers ---
@@ -600,7 +581,7 @@ if __name__ == "__main__":
                 nn.utils.clip_grad_norm_(actor.parameters(), args.max_grad_norm)
                 actor_optimizer.step()
 
-                entropy = -diffusion_steps * l_k.detach().mean()  # sum over the K steps of the chain
+                entropy = actor.prior_entropy() - args.diffusion_steps * l_k.detach().mean()  # H_p - sum over the K steps of l_k
                 alpha_loss, beta_loss = dual_losses(log_alpha, log_beta, entropy, target_entropy, kl, args.kl_bound)
                 dual_optimizer.zero_grad()
                 (alpha_loss * args.autotune + beta_loss).backward()
@@ -614,11 +595,11 @@ if __name__ == "__main__":
                 "losses/actor_loss": policy_loss.item(),
                 "losses/kl": kl.mean().item(),
                 "losses/kl_clip_fraction": (kl > args.kl_bound).float().mean().item(),
+                "losses/alpha": log_alpha.exp().item(),
                 "losses/beta": log_beta.exp().item(),
                 "losses/target_mean": targets.mean().item(),
                 "losses/target_outside_fraction": (targets.abs() > args.value_bound).float().mean().item(),
                 "losses/reward_scale": return_normalizer.scale(),
-                "diffusion/alpha": log_alpha.exp().item(),
                 "diffusion/entropy": entropy.item(),
                 "diffusion/saturated_fraction": (chains[:, -1].tanh().abs() > 0.99).float().mean().item(),
                 **{f"diffusion/eta_{j}": eta_j.item() for j, eta_j in enumerate(actor.eta().mean(-1))},
@@ -630,7 +611,7 @@ if __name__ == "__main__":
         if global_step >= next_eval or final:
             next_eval += args.eval_frequency
             video_dir = os.path.join(run_dir, "videos") if final and args.capture_video else None
-            returns = evaluate(actor, args.env_id, args.eval_episodes, args.seed + 10_000, args.eval_deterministic, device, video_dir)
+            returns = evaluate(agent, args.env_id, args.eval_episodes, args.seed + 10_000, args.eval_deterministic, device, video_dir)
             log_scalars(global_step, {"eval/episodic_return": float(returns.mean())})
             if final:
                 print(f"eval return {returns.mean():.2f} +- {returns.std():.2f} over {len(returns)} episodes at env step {global_step}")
@@ -639,10 +620,9 @@ if __name__ == "__main__":
             sps = (global_step - last_print_step) / (time.time() - last_print)  # recent speed, for the time left
             last_print, last_print_step = time.time(), global_step
             recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
-            time_left = (args.total_timesteps - global_step) / max(sps, 1e-9)
+            time_left = (args.total_timesteps - global_step) / max(sps, 1e-9) / 60
             print(
-                f"step {global_step}/{args.total_timesteps} | return {recent} | SPS {sps:.0f} | time left {time_left / 60:.1f} min",
-                flush=True,
+                f"step {global_step}/{args.total_timesteps} | return {recent} | SPS {sps:.0f} | time left {time_left:.1f} min", flush=True
             )
 
         if stop:
@@ -651,19 +631,10 @@ if __name__ == "__main__":
 
     if args.save_model:
         model_path = os.path.join(run_dir, "model.pt")
-        torch.save(
-            {
-                "script": os.path.basename(__file__),
-                "env_steps": global_step,
-                "args": asdict(args),
-                "actor": actor.state_dict(),  # includes the observation normaliser's statistics
-                "qf": qf.state_dict(),
-                "log_alpha": log_alpha.detach(),
-                "log_beta": log_beta.detach(),
-                "return_normalizer": {"mean": return_normalizer.mean, "var": return_normalizer.var, "count": return_normalizer.count},
-            },
-            model_path,
-        )
+        checkpoint = {"script": os.path.basename(__file__), "env_steps": global_step, "args": asdict(args), "actor": agent.state_dict()}
+        checkpoint.update(qf=qf.state_dict(), log_alpha=log_alpha.detach(), log_beta=log_beta.detach())
+        checkpoint["return_normalizer"] = {key: getattr(return_normalizer, key) for key in ("mean", "var", "count")}
+        torch.save(checkpoint, model_path)
         print(f"model saved to {model_path} at env step {global_step}")
     envs.close()
     writer.close()

@@ -8,17 +8,16 @@ pathwise, through a soft Q function learned from those rollouts alone:
     critic target  soft TD(lambda), per rollout, a' ~ pi(.|s') sampled afresh at every next state:
                    G_t = r_t + gamma (1 - terminated_t) [ -alpha log pi(a'|s'_t) + lambda G_{t+1} + (1 - lambda) Q(s'_t, a') ]
                    (G_{t+1} := Q(s'_t, a') where the episode was truncated or the rollout ends)
-    critic loss    cross-entropy of the categorical critic's logits to HL-Gauss(G) (a Gaussian of std 0.75 bins
-                   integrated over the bins); Q(s, a) = sum softmax(logits) * bin centres
+    critic loss    cross-entropy of the categorical critic's logits to HL-Gauss(G), a Gaussian integrated over the value bins
     actor loss     per sample:  alpha log pi(a|s) - Q(s, a),  a ~ pi reparameterised,   while KL_i <= kl_bound
                                 stopgrad(beta) KL_i,                                      otherwise
                    KL_i = KL(pi_old(.|s_i) || pi(.|s_i)), closed form for the two diagonal Gaussians
     temperature    loss alpha * stopgrad(H_hat - H_target),  H_hat = -mean(log pi),  H_target = -c A
     KL multiplier  loss -beta * stopgrad(mean KL - kl_bound): beta grows while the mean KL is over the bound
 
-Observations are normalised by running statistics (inside the policy, saved with it); rewards are divided
-by the running std of the discounted return, so the critic's value range [-value_bound, value_bound] is in
-units of the task's own return scale. `diff baselines/reppo.py da_mdp_reppo.py` shows what the diffusion
+Observations are normalised by running statistics (the Agent puts the normaliser in front of the policy and
+saves both); rewards are divided by the running std of the discounted return, so the critic's value range
+[-value_bound, value_bound] is in units of the task's own return scale. `diff baselines/reppo.py da_mdp_reppo.py` shows what the diffusion
 chain changes.
 
 Run:  python baselines/reppo.py --env-id Hopper-v5 --total-timesteps 1000000
@@ -116,44 +115,39 @@ def to_env(squashed_action, space):
 
 def make_env(env_id, seed):
     def thunk():
-        env = gym.make(env_id)
-        env = gym.wrappers.RecordEpisodeStatistics(env)
+        env = gym.wrappers.RecordEpisodeStatistics(gym.make(env_id))
         env.action_space.seed(seed)
         return env
 
     return thunk
 
 
+def first_line(error):
+    """The first line of an exception's message, for a one-line `error:`."""
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
 def check_args(args):
-    """Exit with one clear line on input that cannot train."""
+    """Exit with one clear `error:` line on input that cannot train."""
     try:
         probe = gym.make(args.env_id)
     except Exception as error:
-        first_line = (str(error).splitlines() or [type(error).__name__])[0]
-        raise SystemExit(f"error: cannot make --env-id {args.env_id!r}: {first_line}") from None
+        raise SystemExit(f"error: cannot make --env-id {args.env_id!r}: {first_line(error)}") from None
     if not isinstance(probe.action_space, gym.spaces.Box):
-        raise SystemExit(
-            f"error: --env-id {args.env_id!r} has action space {probe.action_space}; only continuous (Box) actions are supported"
-        )
+        raise SystemExit(f"error: --env-id {args.env_id!r} has actions {probe.action_space}; only continuous (Box) actions are supported")
     probe.close()
-    if not 0 <= args.seed < 2**31:
-        raise SystemExit(f"error: --seed must lie in [0, 2**31), got {args.seed}")
-    if args.eval_episodes < 1:
-        raise SystemExit(f"error: --eval-episodes must be at least 1, got {args.eval_episodes}")
-    if args.evaluate_checkpoint is not None:
-        return
-    positive = "total_timesteps eval_frequency learning_rate dual_learning_rate max_grad_norm hidden_dim num_bins"
-    for name in (positive + " value_bound alpha_init kl_bound beta_init").split():
-        if not getattr(args, name) > 0:  # also rejects NaN
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in "gamma td_lambda".split():
-        if not 0 <= getattr(args, name) <= 1:
-            raise SystemExit(f"error: --{name.replace('_', '-')} must lie in [0, 1], got {getattr(args, name)}")
-    if min(args.num_envs, args.num_steps, args.num_minibatches, args.update_epochs) < 1:
-        raise SystemExit("error: --num-envs, --num-steps, --num-minibatches and --update-epochs must be at least 1")
-    if args.kl_bound <= 0 or args.value_bound <= 0 or args.num_bins < 2:
-        raise SystemExit("error: --kl-bound and --value-bound must be positive and --num-bins at least 2")
-    if args.total_timesteps < args.num_envs * args.num_steps:
+    rules = [("seed", "must lie in [0, 2**31)", 0 <= args.seed < 2**31), ("eval_episodes", "must be at least 1", args.eval_episodes >= 1)]
+    if args.evaluate_checkpoint is None:  # `> 0` also rejects NaN
+        positive = "total_timesteps eval_frequency learning_rate dual_learning_rate max_grad_norm hidden_dim value_bound alpha_init"
+        rules += [(name, "must be positive", getattr(args, name) > 0) for name in (positive + " kl_bound beta_init").split()]
+        rules += [(name, "must lie in [0, 1]", 0 <= getattr(args, name) <= 1) for name in ("gamma", "td_lambda")]
+        at_least_1 = ("num_envs", "num_steps", "num_minibatches", "update_epochs")
+        rules += [(name, "must be at least 1", getattr(args, name) >= 1) for name in at_least_1]
+        rules += [("num_bins", "must be at least 2", args.num_bins >= 2)]
+    for name, rule, holds in rules:
+        if not holds:
+            raise SystemExit(f"error: --{name.replace('_', '-')} {rule}, got {getattr(args, name)}")
+    if args.evaluate_checkpoint is None and args.total_timesteps < args.num_envs * args.num_steps:
         raise SystemExit(
             f"error: --total-timesteps {args.total_timesteps} must be at least --num-envs * --num-steps = "
             f"{args.num_envs * args.num_steps}, or no gradient update would run"
@@ -161,13 +155,11 @@ def check_args(args):
 
 
 def real_next_obs(next_obs, infos):
-    """True next observations of a vector env step with SAME_STEP autoreset.
-
-    A finished env already returns its reset observation; the episode's last one is in infos["final_obs"].
-    """
-    real = next_obs.copy()
-    for i in np.flatnonzero(infos.get("_final_obs", [])):
-        real[i] = infos["final_obs"][i]
+    """The true s' of a vector env step with SAME_STEP autoreset: a finished env returns its reset observation and
+    keeps the episode's last one in infos["final_obs"]."""
+    real, finished = next_obs.copy(), infos.get("_final_obs", np.zeros(len(next_obs), bool))
+    if finished.any():
+        real[finished] = np.stack(infos["final_obs"][finished])
     return real
 
 
@@ -180,19 +172,12 @@ def check_finite(name, value, step):
 def mlp(in_dim, out_dim, hidden_dim, layer_norm=False):
     """Two hidden ReLU layers; critics add LayerNorm for stability."""
     norm = (lambda: nn.LayerNorm(hidden_dim)) if layer_norm else nn.Identity
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim),
-        norm(),
-        nn.ReLU(),
-        nn.Linear(hidden_dim, hidden_dim),
-        norm(),
-        nn.ReLU(),
-        nn.Linear(hidden_dim, out_dim),
-    )
+    hidden = [nn.Linear(in_dim, hidden_dim), norm(), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), norm(), nn.ReLU()]
+    return nn.Sequential(*hidden, nn.Linear(hidden_dim, out_dim))
 
 
 class ObservationNormalizer(nn.Module):
-    """(obs - mean) / std with running statistics, clipped to [-10, 10]; buffers, so they are saved with the policy."""
+    """(obs - mean) / std with running statistics, clipped to [-10, 10]; buffers, so they are saved with the agent."""
 
     def __init__(self, obs_dim):
         super().__init__()
@@ -203,8 +188,7 @@ class ObservationNormalizer(nn.Module):
     def update(self, obs):
         """Merges a batch of raw observations into the running mean and variance (Chan et al.'s parallel formula)."""
         batch_mean, batch_var, batch_count = obs.mean(0), obs.var(0, unbiased=False), obs.shape[0]
-        total = self.count + batch_count
-        delta = batch_mean - self.mean
+        total, delta = self.count + batch_count, batch_mean - self.mean
         self.var.copy_((self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total) / total)
         self.mean.add_(delta * batch_count / total)
         self.count.copy_(total)
@@ -223,8 +207,7 @@ class ReturnNormalizer:
     def update(self, rewards, dones):
         self.returns = self.returns * self.gamma + rewards
         batch_mean, batch_var, batch_count = self.returns.mean(), self.returns.var(), len(rewards)
-        total = self.count + batch_count
-        delta = batch_mean - self.mean
+        total, delta = self.count + batch_count, batch_mean - self.mean
         self.var = (self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total) / total
         self.mean, self.count = self.mean + delta * batch_count / total, total
         self.returns[dones] = 0.0
@@ -234,10 +217,8 @@ class ReturnNormalizer:
 
 
 def hl_gauss(values, edges):
-    """HL-Gauss target distributions (B, bins): N(value, sigma^2) integrated over each bin, sigma = 0.75 bin widths.
-
-    Values outside the support are clipped to its ends; the mass beyond the two outer edges is renormalised away.
-    """
+    """HL-Gauss target distributions (B, bins): N(value, sigma^2) integrated over each bin, sigma = 0.75 bin widths;
+    values outside the support are clipped to its ends, and the mass beyond the two outer edges is renormalised away."""
     sigma = 0.75 * (edges[1] - edges[0])
     values = values.clamp(edges[0], edges[-1])
     cdf = torch.special.ndtr((edges - values[:, None]) / sigma)
@@ -260,21 +241,17 @@ class SoftQNetwork(nn.Module):
         return torch.softmax(self.logits(obs, action), -1) @ centres
 
 
-LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
-
-
 class Actor(nn.Module):
     """tanh-Gaussian policy: x ~ N(mu(s), sigma(s)^2), squashed action tanh(x) in [-1, 1]^A."""
 
     def __init__(self, obs_dim, action_dim, hidden_dim):
         super().__init__()
-        self.obs_norm = ObservationNormalizer(obs_dim)
         self.net = mlp(obs_dim, 2 * action_dim, hidden_dim)
 
     def dist(self, obs):
         """Mean and std of the pre-tanh Gaussian at normalised observations."""
         mean, log_std = self.net(obs).chunk(2, -1)
-        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
+        log_std = -5.0 + 3.5 * (torch.tanh(log_std) + 1)  # log std squashed into [-5, 2], as in CleanRL's SAC
         return mean, log_std.exp()
 
     def log_prob(self, x, mean, std):
@@ -284,10 +261,26 @@ class Actor(nn.Module):
         return (torch.distributions.Normal(mean, std).log_prob(x) - log_det).sum(-1)
 
     def sample(self, obs, deterministic=False):
-        """Raw observations in, the squashed action tanh(x) and the pre-tanh sample x out."""
-        mean, std = self.dist(self.obs_norm(obs))
+        """The squashed action tanh(x) and the pre-tanh sample x."""
+        mean, std = self.dist(obs)
         x = mean if deterministic else mean + std * torch.randn_like(mean)
         return torch.tanh(x), x
+
+
+def make_policy(obs_dim, action_dim, args):
+    """The policy of a run's Args (for training and for reloading a checkpoint)."""
+    return Actor(obs_dim, action_dim, args.hidden_dim)
+
+
+class Agent(nn.Module):
+    """The policy behind the running observation normaliser: sample() takes raw observations; both are saved together."""
+
+    def __init__(self, obs_dim, policy):
+        super().__init__()
+        self.obs_norm, self.policy = ObservationNormalizer(obs_dim), policy
+
+    def sample(self, obs, deterministic=False):
+        return self.policy.sample(self.obs_norm(obs), deterministic)
 
 
 def gaussian_kl(mean_old, std_old, mean, std):
@@ -296,10 +289,9 @@ def gaussian_kl(mean_old, std_old, mean, std):
 
 
 def td_lambda_targets(rewards, next_q, next_log_pi, terminated, truncated, alpha, gamma, td_lambda):
-    """Soft TD(lambda) targets G (T, N) of one rollout, from (T, N) arrays, backwards in time:
+    """Soft TD(lambda) targets G (T, N) of one rollout (the module docstring's critic target), backwards in time.
 
-    G_t = r_t + gamma (1 - terminated_t) [ -alpha log pi(a'|s'_t) + lambda G_{t+1} + (1 - lambda) Q(s'_t, a') ]
-    with G_{t+1} replaced by Q(s'_t, a') where the episode was truncated at t or the rollout ends.
+    rewards, next_q, next_log_pi (log pi(a'|s'_t)), terminated and truncated are (T, N).
     """
     targets = torch.zeros_like(rewards)
     for t in reversed(range(len(rewards))):
@@ -320,10 +312,7 @@ def critic_loss(batch, qf):
 
 
 def actor_loss(batch, actor, qf, alpha, beta, kl_bound):
-    """Per sample alpha log pi(a|s) - Q(s, a) (pathwise) inside the trust region, beta KL outside.
-
-    Returns the mean loss, log pi and the per-sample KL.
-    """
+    """Per sample alpha log pi(a|s) - Q(s, a) (pathwise) inside the trust region, beta KL outside; returns it, log pi, KL."""
     obs = batch["obs"]
     mean, std = actor.dist(obs)
     x = mean + std * torch.randn_like(mean)
@@ -334,14 +323,12 @@ def actor_loss(batch, actor, qf, alpha, beta, kl_bound):
 
 
 def dual_losses(log_alpha, log_beta, entropy, target_entropy, kl, kl_bound):
-    """alpha * stopgrad(H_hat - H_target) and -beta * stopgrad(mean KL - kl_bound).
-
-    Gradient descent raises each multiplier while its constraint is violated (entropy below target, KL above bound).
-    """
+    """alpha * stopgrad(H_hat - H_target) and -beta * stopgrad(mean KL - kl_bound): gradient descent raises each
+    multiplier while its constraint is violated (entropy below target, KL above bound)."""
     return log_alpha.exp() * (entropy.detach() - target_entropy), -log_beta.exp() * (kl.detach().mean() - kl_bound)
 
 
-def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=None):
+def evaluate(agent, env_id, episodes, seed, deterministic, device, video_dir=None):
     """Undiscounted returns of `episodes` episodes on a fresh env, env and sampler seeded seed, seed+1, ..."""
     env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
     if video_dir:
@@ -354,7 +341,7 @@ def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=Non
             done, episode_return = False, 0.0
             while not done:
                 with torch.no_grad():
-                    action, _ = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)
+                    action = agent.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)[0]
                 obs, reward, terminated, truncated, _ = env.step(to_env(action[0].cpu().numpy(), env.action_space))
                 episode_return += float(reward)
                 done = terminated or truncated
@@ -364,21 +351,21 @@ def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=Non
 
 
 def load_actor(path, device):
-    """Rebuilds the actor (observation normaliser included) of a checkpoint written by --save-model; returns it and the run's Args."""
+    """The Agent (policy and observation normaliser) of a checkpoint written by --save-model, the run's Args and env steps."""
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=False)
     except Exception as error:  # missing, unreadable, or not a torch file
-        first_line = (str(error).splitlines() or [type(error).__name__])[0]
-        raise SystemExit(f"error: cannot load --evaluate-checkpoint {path}: {first_line}") from None
+        raise SystemExit(f"error: cannot load --evaluate-checkpoint {path}: {first_line(error)}") from None
     script = os.path.basename(__file__)
     written_by = checkpoint.get("script", "another program") if isinstance(checkpoint, dict) else "another program"
     if written_by != script:
         raise SystemExit(f"error: --evaluate-checkpoint {path} was written by {written_by}, not by {script}")
     saved = Args(**checkpoint["args"])
     env = gym.make(saved.env_id)
-    actor = Actor(env.observation_space.shape[0], env.action_space.shape[0], saved.hidden_dim)
-    actor.load_state_dict(checkpoint["actor"])
-    return actor.to(device), saved, checkpoint["env_steps"]
+    obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    agent = Agent(obs_dim, make_policy(obs_dim, action_dim, saved))
+    agent.load_state_dict(checkpoint["actor"])
+    return agent.to(device), saved, checkpoint["env_steps"]
 
 
 if __name__ == "__main__":
@@ -393,8 +380,8 @@ if __name__ == "__main__":
     torch.backends.cudnn.deterministic = args.torch_deterministic
 
     if args.evaluate_checkpoint is not None:
-        actor, saved, env_steps = load_actor(args.evaluate_checkpoint, device)
-        returns = evaluate(actor, saved.env_id, args.eval_episodes, saved.seed + 10_000, args.eval_deterministic, device)
+        agent, saved, env_steps = load_actor(args.evaluate_checkpoint, device)
+        returns = evaluate(agent, saved.env_id, args.eval_episodes, saved.seed + 10_000, args.eval_deterministic, device)
         print(f"{saved.env_id}: eval returns {np.round(returns, 2).tolist()}")
         print(f"eval return {returns.mean():.2f} +- {returns.std():.2f} over {len(returns)} episodes at env step {env_steps}")
         raise SystemExit(0)
@@ -426,12 +413,12 @@ if __name__ == "__main__":
         metrics_file.flush()
 
     envs = gym.vector.SyncVectorEnv(
-        [make_env(args.env_id, args.seed + i) for i in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+        [make_env(args.env_id, args.seed + i) for i in range(args.num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
     )
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
 
-    actor = Actor(obs_dim, action_dim, args.hidden_dim).to(device)
+    actor = make_policy(obs_dim, action_dim, args)
+    agent = Agent(obs_dim, actor).to(device)
     qf = SoftQNetwork(obs_dim, action_dim, args.hidden_dim, args.num_bins, args.value_bound).to(device)
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate)
     q_optimizer = torch.optim.Adam(qf.parameters(), lr=args.learning_rate)
@@ -458,43 +445,45 @@ if __name__ == "__main__":
         # --- rollout: num_steps steps of every env with the current policy, no gradient ---
         rollout_steps = min(args.num_steps, remaining_vector_steps)
         remaining_vector_steps -= rollout_steps
-        keys = ("obs", "x", "mean", "std", "rewards", "terminated", "truncated", "next_obs")
+        keys = ("obs", "x", "rewards", "terminated", "truncated", "next_obs")
         rollout = {key: [] for key in keys}
         for _ in range(rollout_steps):
             global_step += args.num_envs
             obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=device)
             with torch.no_grad():
-                actor.obs_norm.update(obs_tensor)
-                norm_obs = actor.obs_norm(obs_tensor)
-                mean, std = actor.dist(norm_obs)
-                x = mean + std * torch.randn_like(mean)
-            next_obs, rewards, terminations, truncations, infos = envs.step(to_env(torch.tanh(x).cpu().numpy(), envs.single_action_space))
+                agent.obs_norm.update(obs_tensor)
+                norm_obs = agent.obs_norm(obs_tensor)
+                actions, x = actor.sample(norm_obs)
+            next_obs, rewards, terminations, truncations, infos = envs.step(to_env(actions.cpu().numpy(), envs.single_action_space))
             for i in np.flatnonzero(infos.get("_final_info", [])):
                 episode = infos["final_info"]["episode"]
                 recent_returns = (recent_returns + [float(episode["r"][i])])[-10:]
                 log_scalars(global_step, {"charts/episodic_return": float(episode["r"][i]), "charts/episodic_length": int(episode["l"][i])})
             return_normalizer.update(rewards, terminations | truncations)
             # the next state is normalised with the statistics its state was normalised with (Q(s') and Q(s) see one scale)
-            next_norm_obs = actor.obs_norm(torch.as_tensor(real_next_obs(next_obs, infos), dtype=torch.float32, device=device))
-            step_data = (norm_obs, x, mean, std, rewards, terminations, truncations & ~terminations, next_norm_obs)
+            next_norm_obs = agent.obs_norm(torch.as_tensor(real_next_obs(next_obs, infos), dtype=torch.float32, device=device))
+            step_data = (norm_obs, x, rewards, terminations, truncations & ~terminations, next_norm_obs)
             for key, value in zip(keys, step_data, strict=True):
                 rollout[key].append(torch.as_tensor(value, device=device))
             obs = next_obs
         rollout = {key: torch.stack(values) for key, values in rollout.items()}  # (T, N, ...)
 
-        # --- soft TD(lambda) targets, with a fresh a' ~ pi(.|s') at every next state ---
-        alpha, beta = log_alpha.exp().item(), log_beta.exp().item()
+        # --- the rollout's T * N transitions s -> x, with the old policy's means and stds ---
+        alpha = log_alpha.exp().item()
         with torch.no_grad():
+            data = {key: rollout[key].flatten(0, 1) for key in ("obs", "x")}
+            data["mean"], data["std"] = actor.dist(data["obs"])
+
+            # --- soft TD(lambda) targets, with a fresh a' ~ pi(.|s') at every next state ---
             next_obs_norm = rollout["next_obs"]
             next_mean, next_std = actor.dist(next_obs_norm)
             next_x = next_mean + next_std * torch.randn_like(next_mean)
             next_log_pi = actor.log_prob(next_x, next_mean, next_std)
             next_q = qf(next_obs_norm, torch.tanh(next_x))
             rewards = rollout["rewards"].float() / return_normalizer.scale()
-            terminated = rollout["terminated"].float()
-            targets = td_lambda_targets(rewards, next_q, next_log_pi, terminated, rollout["truncated"], alpha, args.gamma, args.td_lambda)
-        data = {key: rollout[key].flatten(0, 1) for key in ("obs", "x", "mean", "std")}
-        data["targets"] = targets.flatten(0, 1)
+            td_args = (rollout["terminated"].float(), rollout["truncated"], alpha, args.gamma, args.td_lambda)
+            targets = td_lambda_targets(rewards, next_q, next_log_pi, *td_args)
+        data["targets"] = targets.flatten()
 
         # --- update_epochs passes of minibatch updates: critic, then actor, then the two multipliers ---
         for _ in range(args.update_epochs):
@@ -529,11 +518,11 @@ if __name__ == "__main__":
                 "losses/actor_loss": policy_loss.item(),
                 "losses/kl": kl.mean().item(),
                 "losses/kl_clip_fraction": (kl > args.kl_bound).float().mean().item(),
+                "losses/alpha": log_alpha.exp().item(),
                 "losses/beta": log_beta.exp().item(),
                 "losses/target_mean": targets.mean().item(),
                 "losses/target_outside_fraction": (targets.abs() > args.value_bound).float().mean().item(),
                 "losses/reward_scale": return_normalizer.scale(),
-                "policy/alpha": log_alpha.exp().item(),
                 "policy/entropy": entropy.item(),
                 "policy/saturated_fraction": (data["x"].tanh().abs() > 0.99).float().mean().item(),
                 "charts/SPS": int(global_step / (time.time() - start_time)),
@@ -544,7 +533,7 @@ if __name__ == "__main__":
         if global_step >= next_eval or final:
             next_eval += args.eval_frequency
             video_dir = os.path.join(run_dir, "videos") if final and args.capture_video else None
-            returns = evaluate(actor, args.env_id, args.eval_episodes, args.seed + 10_000, args.eval_deterministic, device, video_dir)
+            returns = evaluate(agent, args.env_id, args.eval_episodes, args.seed + 10_000, args.eval_deterministic, device, video_dir)
             log_scalars(global_step, {"eval/episodic_return": float(returns.mean())})
             if final:
                 print(f"eval return {returns.mean():.2f} +- {returns.std():.2f} over {len(returns)} episodes at env step {global_step}")
@@ -553,10 +542,9 @@ if __name__ == "__main__":
             sps = (global_step - last_print_step) / (time.time() - last_print)  # recent speed, for the time left
             last_print, last_print_step = time.time(), global_step
             recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
-            time_left = (args.total_timesteps - global_step) / max(sps, 1e-9)
+            time_left = (args.total_timesteps - global_step) / max(sps, 1e-9) / 60
             print(
-                f"step {global_step}/{args.total_timesteps} | return {recent} | SPS {sps:.0f} | time left {time_left / 60:.1f} min",
-                flush=True,
+                f"step {global_step}/{args.total_timesteps} | return {recent} | SPS {sps:.0f} | time left {time_left:.1f} min", flush=True
             )
 
         if stop:
@@ -565,19 +553,10 @@ if __name__ == "__main__":
 
     if args.save_model:
         model_path = os.path.join(run_dir, "model.pt")
-        torch.save(
-            {
-                "script": os.path.basename(__file__),
-                "env_steps": global_step,
-                "args": asdict(args),
-                "actor": actor.state_dict(),  # includes the observation normaliser's statistics
-                "qf": qf.state_dict(),
-                "log_alpha": log_alpha.detach(),
-                "log_beta": log_beta.detach(),
-                "return_normalizer": {"mean": return_normalizer.mean, "var": return_normalizer.var, "count": return_normalizer.count},
-            },
-            model_path,
-        )
+        checkpoint = {"script": os.path.basename(__file__), "env_steps": global_step, "args": asdict(args), "actor": agent.state_dict()}
+        checkpoint.update(qf=qf.state_dict(), log_alpha=log_alpha.detach(), log_beta=log_beta.detach())
+        checkpoint["return_normalizer"] = {key: getattr(return_normalizer, key) for key in ("mean", "var", "count")}
+        torch.save(checkpoint, model_path)
         print(f"model saved to {model_path} at env step {global_step}")
     envs.close()
     writer.close()

@@ -219,29 +219,64 @@ def test_wpo_per_sample_gradient_of_a_diffusion_kernel(diffwpo):
 
 
 def test_da_policy_kernel_and_log_ratio_are_diffsac_s(da_reppo):
-    """The DA-MDP scripts' DiffusionPolicy is DiffSAC's (same parameters, same kernel and l_k) plus the obs normaliser."""
+    """DA-MDP REPPO's DiffusionPolicy is DiffSAC's: same parameters, kernel, l_k, and the same sampled chain and log ratios."""
     diffsac = load_script("diffsac.py")
     torch.manual_seed(0)
     ours = da_reppo.DiffusionPolicy(5, 3, 16, 4, 3.0, 1.0, True)
     torch.nn.init.normal_(ours.net[-1].weight, std=0.1)
     theirs = diffsac.DiffusionPolicy(5, 3, 16, 4, 3.0, 1.0, True)
-    theirs.load_state_dict({key: value for key, value in ours.state_dict().items() if not key.startswith("obs_norm")})
+    theirs.load_state_dict(ours.state_dict())
     obs, x, x_next, k = torch.randn(8, 5), torch.randn(8, 3), torch.randn(8, 3), torch.arange(8) % 4
     for a, b in zip(ours.kernel(obs, x, k), theirs.kernel(obs, x, k), strict=True):
         assert torch.allclose(a, b)
     mean, std = ours.kernel(obs, x, k)
     assert torch.allclose(ours.log_ratio(x, k, x_next, mean, std), theirs.log_ratio(x, k, x_next, mean, std))
+    samples = []
+    for policy in (ours, theirs):
+        torch.manual_seed(1)
+        samples.append(policy.sample(obs))
+    for a, b in zip(*samples, strict=True):
+        assert torch.equal(a, b)
+    assert ours.prior_entropy() == theirs.prior_entropy()
 
 
-def test_policies_normalise_raw_observations_inside(reppo, da_reppo):
-    """sample() takes raw observations: shifting the normaliser's mean by c and the input by c leaves the action unchanged."""
+def test_da_sample_returns_the_log_ratios_its_update_recomputes(da_reppo):
+    """The rollout's chains are cut into DA transitions (s, x_k, k) -> x_{k+1} as the training loop does: log_ratio there
+    gives sample()'s l_k, and the logged entropy bound H_p - sum_k l_k uses H_p, the entropy of N(0, sigma_p^2 I)."""
     torch.manual_seed(0)
-    for actor in (reppo.Actor(4, 2, 16), da_reppo.DiffusionPolicy(4, 2, 16, 3, 3.0, 1.0, True)):
-        obs = torch.randn(3, 4)
-        before, _ = actor.sample(obs, deterministic=True)
-        actor.obs_norm.mean += 100.0
-        after, _ = actor.sample(obs + 100.0, deterministic=True)
-        assert torch.allclose(before, after, atol=1e-5)
+    policy = da_reppo.DiffusionPolicy(3, 2, 16, 4, 1.5, 1.0, True)
+    torch.nn.init.normal_(policy.net[-1].weight, std=0.1)
+    obs = torch.randn(5, 3)
+    action, chain, log_ratios = policy.sample(obs)
+    assert chain.shape == (5, 5, 2) and log_ratios.shape == (5, 4) and torch.allclose(action, torch.tanh(chain[:, -1]))
+    k = torch.arange(4).repeat(5)
+    x, x_next = chain[:, :-1].flatten(0, 1), chain[:, 1:].flatten(0, 1)
+    mean, std = policy.kernel(obs.repeat_interleave(4, 0), x, k)
+    assert torch.allclose(policy.log_ratio(x, k, x_next, mean, std).view(5, 4), log_ratios, atol=1e-5)
+    assert policy.prior_entropy() == pytest.approx(torch.distributions.Normal(torch.zeros(2), 1.5).entropy().sum().item(), rel=1e-6)
+    # with u = 0 the kernel means x_k (1 - eta_k / sigma_p^2) and the noise-free chain contracts to 0: tanh(0) = 0
+    policy = da_reppo.DiffusionPolicy(3, 2, 16, 4, 1.5, 1.0, True)
+    action, chain, log_ratios = policy.sample(obs, deterministic=True)
+    assert torch.equal(chain, torch.zeros(5, 5, 2)) and torch.equal(action, torch.zeros(5, 2))
+
+
+@pytest.mark.parametrize("script", ["reppo", "da_reppo"])
+def test_reppo_agents_normalise_raw_observations(script, request):
+    """Agent.sample(raw obs) is the policy's sample at the normalised observations: shifting the normaliser's mean and the
+    input by 100 leaves the action unchanged, while the policy itself on the raw input acts differently."""
+    module = request.getfixturevalue(script)
+    torch.manual_seed(0)
+    agent = module.Agent(4, module.make_policy(4, 2, module.Args(hidden_dim=16)))
+    torch.nn.init.normal_(agent.policy.net[-1].weight, std=0.5)  # the chain's drift starts at zero, independent of s
+    agent.obs_norm.update(3.0 + 2.0 * torch.randn(500, 4))
+    obs = 3.0 + 2.0 * torch.randn(6, 4)
+    normalised = ((obs - agent.obs_norm.mean) / torch.sqrt(agent.obs_norm.var + 1e-8)).clamp(-10, 10)
+    before = agent.sample(obs, deterministic=True)[0]
+    assert torch.allclose(before, agent.policy.sample(normalised, deterministic=True)[0])
+    assert not torch.allclose(before, agent.policy.sample(obs, deterministic=True)[0], atol=1e-3)
+    agent.obs_norm.mean += 100.0
+    assert torch.allclose(agent.sample(obs + 100.0, deterministic=True)[0], before, atol=1e-5)
+    assert {"obs_norm.mean", "obs_norm.var", "obs_norm.count"} <= agent.state_dict().keys()  # saved with the policy
 
 
 def test_running_normalisers_match_batch_statistics(reppo):
