@@ -460,8 +460,7 @@ if __name__ == "__main__":
         # --- rollout: num_steps steps of every env with the current policy, no gradient ---
         rollout_steps = min(args.num_steps, remaining_vector_steps)
         remaining_vector_steps -= rollout_steps
-        keys = ("obs", "x", "mean", "std", "rewards", "terminated", "truncated", "next_obs")
-        rollout = {key: [] for key in keys}
+        rollout = {key: [] for key in ("obs", "x", "mean", "std", "rewards", "terminated", "truncated", "next_obs")}
         for _ in range(rollout_steps):
             global_step += args.num_envs
             obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=device)
@@ -479,7 +478,7 @@ if __name__ == "__main__":
             # the next state is normalised with the statistics its state was normalised with (Q(s') and Q(s) see one scale)
             next_norm_obs = agent.obs_norm(torch.as_tensor(real_next_obs(next_obs, infos), dtype=torch.float32, device=device))
             step_data = (norm_obs, x, mean, std, rewards, terminations, truncations & ~terminations, next_norm_obs)
-            for key, value in zip(keys, step_data, strict=True):
+            for key, value in zip(rollout, step_data, strict=True):
                 rollout[key].append(torch.as_tensor(value, device=device))
             obs = next_obs
         rollout = {key: torch.stack(values) for key, values in rollout.items()}  # (T, N, ...)
@@ -556,10 +555,8 @@ if __name__ == "__main__":
             sps = (global_step - last_print_step) / (time.time() - last_print)  # recent speed, for the time left
             last_print, last_print_step = time.time(), global_step
             recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
-            time_left = (args.total_timesteps - global_step) / max(sps, 1e-9) / 60
-            print(
-                f"step {global_step}/{args.total_timesteps} | return {recent} | SPS {sps:.0f} | time left {time_left:.1f} min", flush=True
-            )
+            left = (args.total_timesteps - global_step) / max(sps, 1e-9) / 60
+            print(f"step {global_step}/{args.total_timesteps} | return {recent} | SPS {sps:.0f} | time left {left:.1f} min", flush=True)
 
         if stop:
             print(f"interrupted at env step {global_step}: the run is unfinished", flush=True)
@@ -567,12 +564,10 @@ if __name__ == "__main__":
 
     if args.save_model:
         model_path = os.path.join(run_dir, "model.pt")
-        nets = {"actor": agent.state_dict(), "qf": qf.state_dict(), "log_alpha": log_alpha.detach(), "log_beta": log_beta.detach()}
-        normalizer = {key: getattr(return_normalizer, key) for key in ("mean", "var", "count")}
-        torch.save(
-            {"script": os.path.basename(__file__), "env_steps": global_step, "args": asdict(args), **nets, "return_normalizer": normalizer},
-            model_path,
-        )
+        checkpoint = {"script": os.path.basename(__file__), "env_steps": global_step, "args": asdict(args), "actor": agent.state_dict()}
+        checkpoint |= {"qf": qf.state_dict(), "log_alpha": log_alpha.detach(), "log_beta": log_beta.detach()}
+        checkpoint["return_normalizer"] = {key: getattr(return_normalizer, key) for key in ("mean", "var", "count")}
+        torch.save(checkpoint, model_path)
         print(f"model saved to {model_path} at env step {global_step}")
     envs.close()
     writer.close()
