@@ -165,13 +165,7 @@ def check_args(args):
         rules += [(name, "must be at least 1", getattr(args, name) >= 1) for name in at_least_one]
         rollout = args.num_steps * args.num_envs
         rules += [("num_minibatches", f"must be at most half the rollout's {rollout} env steps", 2 * args.num_minibatches <= rollout)]
-        rules += [
-            (
-                "total_timesteps",
-                f"must cover one rollout of {rollout} env steps (--num-steps x --num-envs)",
-                args.total_timesteps >= rollout,
-            )
-        ]
+        rules += [("total_timesteps", f"must cover one rollout of {rollout} env steps", args.total_timesteps >= rollout)]
         rules += [
             ("prior_std", "must be positive", args.prior_std > 0),
             ("diffusion_steps", "must be at least 1", args.diffusion_steps >= 1),
@@ -497,10 +491,8 @@ if __name__ == "__main__":
 
     def values_of_chain(obs, chain):
         """V(s, x_k, k) for k = 0..K-1 of chains (N, K+1, A) in one batched call; shape (K, N)."""
-        values = critic(
-            obs[:, None].expand(-1, K, -1).reshape(-1, obs_dim), chain[:, :-1].reshape(-1, action_dim), steps.repeat(len(chain))
-        )
-        return values.view(-1, K).T
+        obs = obs[:, None].expand(-1, K, -1).reshape(-1, obs_dim)
+        return critic(obs, chain[:, :-1].reshape(-1, action_dim), steps.repeat(len(chain))).view(-1, K).T
 
     def initial_value(obs):
         """V(s, x_0, 0) with x_0 ~ prior: the value of an env state where the chain starts."""

@@ -145,13 +145,7 @@ def check_args(args):
         rules += [(name, "must be at least 1", getattr(args, name) >= 1) for name in at_least_one]
         rollout = args.num_steps * args.num_envs
         rules += [("num_minibatches", f"must be at most half the rollout's {rollout} env steps", 2 * args.num_minibatches <= rollout)]
-        rules += [
-            (
-                "total_timesteps",
-                f"must cover one rollout of {rollout} env steps (--num-steps x --num-envs)",
-                args.total_timesteps >= rollout,
-            )
-        ]
+        rules += [("total_timesteps", f"must cover one rollout of {rollout} env steps", args.total_timesteps >= rollout)]
     for name, rule, holds in rules:
         if not holds:
             raise SystemExit(f"error: --{name.replace('_', '-')} {rule}, got {getattr(args, name)}")
