@@ -154,7 +154,9 @@ def check_args(args):
     except Exception as error:
         raise SystemExit(f"error: cannot make --env-id {args.env_id!r}: {first_line(error)}") from None
     if not isinstance(probe.action_space, gym.spaces.Box):
-        raise SystemExit(f"error: --env-id {args.env_id!r} has action space {probe.action_space}; only Box actions are supported")
+        raise SystemExit(
+            f"error: --env-id {args.env_id!r} has action space {probe.action_space}; only continuous (Box) actions are supported"
+        )
     probe.close()
     rules = [("seed", "must lie in [0, 2**31)", 0 <= args.seed < 2**31), ("eval_episodes", "must be at least 1", args.eval_episodes >= 1)]
     if args.evaluate_checkpoint is None:
@@ -240,11 +242,11 @@ class DiffusionPolicy(nn.Module):
         self.action_dim, self.diffusion_steps, self.prior_std = action_dim, diffusion_steps, prior_std
         self.eta_max, self.tanh_correction = eta_max, tanh_correction
         self.net = mlp(obs_dim + action_dim + diffusion_steps, action_dim, hidden_dim)
-        # u starts at zero: the initial chain is an Ornstein-Uhlenbeck chain that keeps x ~ N(0, sigma_p^2 I)
+        # u starts at zero: the initial chain is an Ornstein-Uhlenbeck chain that keeps x close to N(0, sigma_p^2 I)
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
-        # eta_k starts at 0.5 (0.17 + 0.83 (K - k) / K) and is learned per (step, dim) below eta_max, since
-        # nothing else stops the entropy bonus from growing the steps until the critic diverges
+        # eta_k starts on the schedule 0.5 (0.17 + 0.83 (K - k) / K), from 0.5 down to 0.14 at K = 8, and is learned per
+        # (step, dim) below eta_max, since nothing else stops the entropy bonus from growing the steps until the critic diverges
         steps = torch.arange(diffusion_steps, dtype=torch.float32)
         eta = 0.5 * (0.17 + 0.83 * (diffusion_steps - steps) / diffusion_steps)
         self.eta_param = nn.Parameter(torch.logit(eta / eta_max)[:, None].repeat(1, action_dim))
@@ -265,11 +267,12 @@ class DiffusionPolicy(nn.Module):
 
     def log_ratio(self, x, k, x_next, mean, std):
         """l_k = log q(x_{k+1} | x_k, s, k) - log p(x_k | x_{k+1}), given q's mean and std."""
-        # p(x_k | x_{k+1}) = N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k) is normalised in x_k, so l_k is a
-        # true log density ratio; the authors' code puts the drift at x_k, with eta_{k+1} (docs/method.md, section 2)
-        reverse_mean = x_next - (std**2 / 2) * x_next / self.prior_std**2
+        # p(x_k | x_{k+1}) = N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k) is normalised in x_k, so l_k is a true
+        # log density ratio (docs/method.md, section 2, says where this differs from the authors' code)
+        eta = std**2 / 2
+        p_mean = x_next - eta * x_next / self.prior_std**2
         # q and p share the variance 2 eta_k = std^2, so their normalising constants cancel
-        l_k = (((x - reverse_mean) ** 2 - (x_next - mean) ** 2) / (2 * std**2)).sum(-1)
+        l_k = (((x - p_mean) ** 2 - (x_next - mean) ** 2) / (2 * std**2)).sum(-1)
         if self.tanh_correction:
             # at the last step subtract log|d tanh(x_K)/dx_K| = sum_d 2 (log 2 - x - softplus(-2x)), as SAC does, so
             # the bound is of the squashed action and the chain cannot buy entropy in tanh's flat, saturated region
@@ -293,10 +296,10 @@ class DiffusionPolicy(nn.Module):
             x = self.prior_std * torch.randn_like(x)
         chain, log_ratios = [x], []
         for k in range(self.diffusion_steps):
-            step = torch.full((obs.shape[0],), k, device=obs.device)
-            mean, std = self.kernel(obs, x, step)
+            k_batch = torch.full((obs.shape[0],), k, device=obs.device)
+            mean, std = self.kernel(obs, x, k_batch)
             x_next = mean if deterministic else mean + std * torch.randn_like(mean)
-            log_ratios.append(self.log_ratio(x, step, x_next, mean, std))
+            log_ratios.append(self.log_ratio(x, k_batch, x_next, mean, std))
             x = x_next
             chain.append(x)
         return torch.tanh(x), torch.stack(chain, 1), torch.stack(log_ratios, 1)

@@ -1,33 +1,37 @@
 """DiffSAC: Soft Actor-Critic on the Diffusion-Augmented MDP (arXiv 2512.02019), diffusion policy.
 
-Maximum-entropy RL maximises E[ sum_t gamma^t (r_t + alpha * H(pi(.|s_t))) ]. Here the policy is a K-step
-denoising chain in pre-tanh space R^A, with u(s, x_k, k) an MLP (docs/method.md, sections 2-4):
+Maximum-entropy RL maximises E[ sum_t gamma^t (r_t + alpha * H(pi(.|s_t))) ].
+Here the policy is a K-step denoising chain in pre-tanh space R^A (A action dimensions), with u(s, x_k, k) an MLP
+and step sizes eta_k, one per step and dimension, learned in (0, eta_max) (docs/method.md, sections 2-4):
 
     x_0 ~ N(0, sigma_p^2 I),  q(x_{k+1} | x_k, s, k) = N(x_k + eta_k (-x_k / sigma_p^2 + u(s, x_k, k)), 2 eta_k)
-    a = tanh(x_K), mapped to the env's bounds;  step sizes eta_k in (0, eta_max) learned
+    a = tanh(x_K) in [-1, 1]^A (the env sees low + (a + 1) / 2 * (high - low))
 
-log pi(a|s) of a chain is intractable. The method makes every denoising step a step of an augmented
-MDP (the DA-MDP) with state (s, x_k, k) and action x_{k+1}, env reward and discount only at k = K-1,
-and replaces log pi by the per-step log ratio against the noising kernel p:
+log pi(a|s) of a chain is intractable. The method makes every denoising step a step of an augmented MDP (the DA-MDP)
+with state (s, x_k, k) and action x_{k+1}, env reward and discount only at k = K-1, and replaces log pi by the
+per-step log ratio against the noising kernel p, which maps x_{k+1} back towards the prior:
 
     p(x_k | x_{k+1}) = N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k),   l_k = log q(x_{k+1}|x_k,s,k) - log p(x_k|x_{k+1})
-    l_{K-1} -= sum_d log(1 - tanh(x_K,d)^2)    (tanh correction, as in SAC)
+    l_{K-1} -= sum_d log(1 - tanh(x_{K,d})^2)    (tanh correction, as in SAC)
     H_hat = H_prior - sum_k l_k  <=  H(pi(.|s)) in expectation,  H_prior = A/2 log(2 pi e sigma_p^2)
 
-SAC then runs on the DA-MDP: every gradient sample is one kernel step, never back-propagation through
-the chain. The buffer holds env transitions (s, a, r, s') as SAC's does. In-chain transitions cost no
-env step, so each update simulates them: one chain x'_0 -> x'_K of the current policy (primes), without
-gradient, at the replayed next states s'. A batch row is one DA transition, scored by Q_i(state, tanh(x_{k+1}), k):
+SAC then runs on the DA-MDP, one kernel step per gradient sample, never back-propagating through the chain: DA step k
+earns -alpha l_k, and the env step also r + alpha H_prior (x_0 is drawn once per env step). The buffer holds env
+transitions (s, a, r, s'), as SAC's does; each update simulates the in-chain transitions with one chain x'_0 -> x'_K
+of the current policy (no gradient) at the replayed s', a' = tanh(x'_K). A batch row is one DA transition:
 
-    k = K-1 (share --last-step-share)  (s, a):            y = r + gamma (1 - terminated) [min_i Qbar_i(s', a', K-1) + alpha H_hat']
-    k < K-1 (uniform)                  (s', x'_{k+1}):    y = min_i Qbar_i(s', a', K-1) - alpha (l'_{k+1} + ... + l'_{K-1})
+    k = K-1 (share --last-step-share), Q_i(s, a, K-1):
+                   y = r + gamma (1 - terminated) [min_i Qbar_i(s', a', K-1) - alpha (sum_j l'_j - H_prior)]
+    k < K-1 (uniform), Q_i(s', tanh(x'_{k+1}), k):
+                   y = min_i Qbar_i(s', a', K-1) - alpha (l'_{k+1} + ... + l'_{K-1})
     actor loss     E[alpha l_k(theta) - min_i Q_i(s', tanh(x_{k+1}(theta)), k)],  x_{k+1} ~ q(.|x'_k, s', k) reparameterised
-    temperature    fixed by default; --autotune: loss alpha * stopgrad(H_hat - H_target),  H_target = -c A
+    temperature    fixed by default; --autotune: loss alpha * stopgrad(H_hat - H_target),  H_target = -c * A (c: --target-entropy-scale)
 
-with a' = tanh(x'_K) and H_hat' = H_prior - sum_j l'_j. The chain is the current policy's own continuation
-from each of its x'_{k+1}, so an in-chain target is an unbiased multi-step return with no reward and no
-discount; only the env-step critic Q(., ., K-1) is bootstrapped. Q_i are Polyak-averaged into Qbar_i.
-`diff baselines/sac.py diffsac.py` shows what changes from SAC.
+The in-chain target is the DA-MDP's soft Bellman backup: the chain continues the current policy from each x'_{k+1}, so
+Q(s', x'_{k+1}, k) = E[Q(s', x'_K, K-1) - alpha sum_{j>k} l'_j], and only the env-step critic Q(., ., K-1) bootstraps.
+The in-chain rows and the actor sit at s' because they share that one chain.
+Q_i are Polyak-averaged into Qbar_i.
+`diff baselines/sac.py diffsac.py` shows what changes when the Gaussian becomes a diffusion chain.
 
 Run:  python diffsac.py --env-id Hopper-v5 --total-timesteps 100000
 """
@@ -100,21 +104,21 @@ class Args:
     hidden_dim: int = 256
     """width of the hidden layers of every network"""
     alpha_init: float = 0.005
-    """initial entropy temperature alpha; below SAC's, as the bound H_hat also charges moving away from the prior"""
+    """initial entropy temperature alpha; small, since the bound H_hat also charges the chain for moving away from the prior"""
     autotune: bool = False
-    """if toggled, alpha is tuned towards the entropy target (off: the bound's gap grows as the policy learns)"""
+    """if toggled, alpha is tuned towards the entropy target (off: H - H_hat grows as the policy learns, so a fixed target raises alpha)"""
     target_entropy_scale: float = 4.0
     """c in the entropy target H_target = -c * action_dim of the chain's entropy bound H_hat (with --autotune)"""
     diffusion_steps: int = 8
     """K, the number of denoising steps of the chain"""
     prior_std: float = 3.0
-    """sigma_p, the std of the prior x_0 ~ N(0, sigma_p^2 I), the paper's (1 saturates the actions at this alpha)"""
+    """sigma_p, the std of the prior x_0 ~ N(0, sigma_p^2 I) (at a small alpha, 1 puts most actions at tanh's bounds)"""
     last_step_share: float = 0.5
     """share of each batch's DA transitions at the env step k = K-1; the rest have k uniform below K-1"""
     eta_max: float = 1.0
     """upper bound of the learned step sizes eta_k (kernel std at most sqrt(2 eta_max))"""
     eta_lr: float | None = None
-    """the learning rate of the step sizes eta_k (None: --policy-lr); narrow optima (benchmarks/multimodal.py) need a faster one"""
+    """the learning rate of the step sizes eta_k (None: --policy-lr); narrow optima need a faster one"""
     tanh_correction: bool = True
     """if toggled, l_{K-1} includes tanh's log-det, so the entropy estimate is of the squashed action, as in SAC"""
 
@@ -156,10 +160,8 @@ def check_args(args):
         rules += [(name, "must be positive", getattr(args, name) > 0) for name in positive]  # `> 0` also rejects NaN
         rules += [(name, "must lie in [0, 1]", 0 <= getattr(args, name) <= 1) for name in ("gamma", "tau")]
         rules += [("num_envs", "must be at least 1", args.num_envs >= 1)]
-        rules += [
-            ("diffusion_steps", "must be at least 1", args.diffusion_steps >= 1),
-            ("eta_lr", "must be positive", args.eta_lr is None or args.eta_lr > 0),
-        ]
+        rules += [("diffusion_steps", "must be at least 1", args.diffusion_steps >= 1)]
+        rules += [("eta_lr", "must be positive", args.eta_lr is None or args.eta_lr > 0)]
         rules += [("last_step_share", "must lie strictly between 0 and 1", 0 < args.last_step_share < 1)]
         rules += [("eta_max", "must exceed 0.5, the first step's initial step size", args.eta_max > 0.5)]
     for name, rule, holds in rules:
@@ -204,8 +206,7 @@ class SoftQNetwork(nn.Module):
         self.net = mlp(obs_dim + action_dim + diffusion_steps, 1, hidden_dim, layer_norm=True)
 
     def forward(self, obs, action, k):
-        step = F.one_hot(k, self.diffusion_steps).float()
-        return self.net(torch.cat([obs, action, step], -1)).squeeze(-1)
+        return self.net(torch.cat([obs, action, F.one_hot(k, self.diffusion_steps).float()], -1)).squeeze(-1)
 
 
 class DiffusionPolicy(nn.Module):
@@ -216,11 +217,11 @@ class DiffusionPolicy(nn.Module):
         self.action_dim, self.diffusion_steps, self.prior_std = action_dim, diffusion_steps, prior_std
         self.eta_max, self.tanh_correction = eta_max, tanh_correction
         self.net = mlp(obs_dim + action_dim + diffusion_steps, action_dim, hidden_dim)
-        # u starts at zero: the initial chain is an Ornstein-Uhlenbeck chain that keeps x ~ N(0, sigma_p^2 I)
+        # u starts at zero: the initial chain is an Ornstein-Uhlenbeck chain that keeps x close to N(0, sigma_p^2 I)
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
-        # eta_k starts at 0.5 (0.17 + 0.83 (K - k) / K) and is learned per (step, dim) below eta_max, since
-        # nothing else stops the entropy bonus from growing the steps until the critic diverges
+        # eta_k starts on the schedule 0.5 (0.17 + 0.83 (K - k) / K), from 0.5 down to 0.14 at K = 8, and is learned per
+        # (step, dim) below eta_max, since nothing else stops the entropy bonus from growing the steps until the critic diverges
         steps = torch.arange(diffusion_steps, dtype=torch.float32)
         eta = 0.5 * (0.17 + 0.83 * (diffusion_steps - steps) / diffusion_steps)
         self.eta_param = nn.Parameter(torch.logit(eta / eta_max)[:, None].repeat(1, action_dim))
@@ -241,11 +242,12 @@ class DiffusionPolicy(nn.Module):
 
     def log_ratio(self, x, k, x_next, mean, std):
         """l_k = log q(x_{k+1} | x_k, s, k) - log p(x_k | x_{k+1}), given q's mean and std."""
-        # p(x_k | x_{k+1}) = N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k) is normalised in x_k, so l_k is a
-        # true log density ratio; the authors' code puts the drift at x_k, with eta_{k+1} (docs/method.md, section 2)
-        reverse_mean = x_next - (std**2 / 2) * x_next / self.prior_std**2
+        # p(x_k | x_{k+1}) = N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k) is normalised in x_k, so l_k is a true
+        # log density ratio (docs/method.md, section 2, says where this differs from the authors' code)
+        eta = std**2 / 2
+        p_mean = x_next - eta * x_next / self.prior_std**2
         # q and p share the variance 2 eta_k = std^2, so their normalising constants cancel
-        l_k = (((x - reverse_mean) ** 2 - (x_next - mean) ** 2) / (2 * std**2)).sum(-1)
+        l_k = (((x - p_mean) ** 2 - (x_next - mean) ** 2) / (2 * std**2)).sum(-1)
         if self.tanh_correction:
             # at the last step subtract log|d tanh(x_K)/dx_K| = sum_d 2 (log 2 - x - softplus(-2x)), as SAC does, so
             # the bound is of the squashed action and the chain cannot buy entropy in tanh's flat, saturated region
@@ -269,10 +271,10 @@ class DiffusionPolicy(nn.Module):
             x = self.prior_std * torch.randn_like(x)
         chain, log_ratios = [x], []
         for k in range(self.diffusion_steps):
-            step = torch.full((obs.shape[0],), k, device=obs.device)
-            mean, std = self.kernel(obs, x, step)
+            k_batch = torch.full((obs.shape[0],), k, device=obs.device)
+            mean, std = self.kernel(obs, x, k_batch)
             x_next = mean if deterministic else mean + std * torch.randn_like(mean)
-            log_ratios.append(self.log_ratio(x, step, x_next, mean, std))
+            log_ratios.append(self.log_ratio(x, k_batch, x_next, mean, std))
             x = x_next
             chain.append(x)
         return torch.tanh(x), torch.stack(chain, 1), torch.stack(log_ratios, 1)
@@ -323,8 +325,8 @@ def critic_target(batch, k, chain, log_ratios, actor, qf1_target, qf2_target, al
     """
     with torch.no_grad():
         next_obs, next_action = batch["next_obs"], torch.tanh(chain[:, -1])
-        last_step = torch.full_like(k, actor.diffusion_steps - 1)
-        next_q = torch.min(qf1_target(next_obs, next_action, last_step), qf2_target(next_obs, next_action, last_step))
+        k_last = torch.full_like(k, actor.diffusion_steps - 1)
+        next_q = torch.min(qf1_target(next_obs, next_action, k_last), qf2_target(next_obs, next_action, k_last))
         env_target = batch["rewards"] + gamma * (1 - batch["terminated"]) * (next_q - alpha * (log_ratios.sum(-1) - actor.prior_entropy()))
         later_l = log_ratios.flip(-1).cumsum(-1).flip(-1) - log_ratios  # sum_{j>k} l'_j, (B, K)
         in_chain_target = next_q - alpha * later_l.gather(1, k[:, None]).squeeze(1)
@@ -332,7 +334,7 @@ def critic_target(batch, k, chain, log_ratios, actor, qf1_target, qf2_target, al
 
 
 def critic_loss(batch, k, chain, log_ratios, actor, qf1, qf2, qf1_target, qf2_target, alpha, gamma):
-    """sum_i mean (Q_i - y)^2: Q_i(s, a, K-1) of the replayed env transition, or Q_i(s', tanh(x'_{k+1}), k) in the chain."""
+    """sum_i mean (Q_i - y)^2 of Q_i(s, a, K-1) (env step) or Q_i(s', tanh(x'_{k+1}), k) (in the chain); also returns Q_1."""
     last = (k == actor.diffusion_steps - 1)[:, None]
     obs = torch.where(last, batch["obs"], batch["next_obs"])
     action = torch.where(last, batch["actions"], torch.tanh(chain[torch.arange(len(k), device=k.device), k + 1]))
@@ -492,7 +494,7 @@ if __name__ == "__main__":
                 batch = rb.sample(args.batch_size)
                 alpha = log_alpha.exp().item()
                 k = sample_steps(args.batch_size, args.diffusion_steps, args.last_step_share, device)
-                with torch.no_grad():  # one current chain at s': the env-step targets and the in-chain transitions
+                with torch.no_grad():  # the current chain at s', for the targets and the in-chain transitions
                     _, chain, log_ratios = actor.sample(batch["next_obs"])
                 qf_loss, qf1_values = critic_loss(batch, k, chain, log_ratios, actor, qf1, qf2, qf1_target, qf2_target, alpha, args.gamma)
                 check_finite("qf_loss", qf_loss, global_step)

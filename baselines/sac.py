@@ -1,18 +1,17 @@
 """SAC: Soft Actor-Critic with a tanh-Gaussian policy, the Gaussian twin of diffsac.py.
 
-Maximum-entropy RL maximises E[ sum_t gamma^t (r_t + alpha * H(pi(.|s_t))) ]. SAC learns
-twin soft Q functions and a reparameterised policy:
+Maximum-entropy RL maximises E[ sum_t gamma^t (r_t + alpha * H(pi(.|s_t))) ].
+SAC learns twin soft Q functions and a reparameterised tanh-Gaussian policy over A action dimensions:
 
-    x ~ N(mu(s), sigma(s)^2),   a = low + (tanh(x) + 1) / 2 * (high - low)
+    x ~ N(mu(s), sigma(s)^2),   a = tanh(x) in [-1, 1]^A (the env sees low + (a + 1) / 2 * (high - low))
     log pi(a|s) = log N(x; mu, sigma) - sum_d log(1 - tanh(x_d)^2)
 
-    critic target  y = r + gamma * (1 - terminated) * [ min_i Qbar_i(s', a') - alpha * log pi(a'|s') ],
-                   a' ~ pi(.|s')
+    critic target  y = r + gamma * (1 - terminated) * [ min_i Qbar_i(s', a') - alpha * log pi(a'|s') ],  a' ~ pi(.|s')
     actor loss     E_s[ alpha * log pi(a|s) - min_i Q_i(s, a) ],  a ~ pi(.|s) reparameterised
-    temperature    loss alpha * stopgrad(H_hat - H_target),  H_hat = -mean(log pi),  H_target = -c * A
+    temperature    loss alpha * stopgrad(H_hat - H_target),  H_hat = -mean(log pi),  H_target = -c * A (c: --target-entropy-scale)
 
-Q_i are Polyak-averaged into Qbar_i. `diff baselines/sac.py diffsac.py` shows what changes when
-the Gaussian becomes a diffusion chain.
+Q_i are Polyak-averaged into Qbar_i.
+`diff baselines/sac.py diffsac.py` shows what changes when the Gaussian becomes a diffusion chain.
 
 Run:  python baselines/sac.py --env-id Hopper-v5 --total-timesteps 100000
 """
@@ -223,17 +222,16 @@ class ReplayBuffer:
         return {field: torch.as_tensor(getattr(self, field)[idx], device=self.device) for field in self.fields}
 
 
-def critic_target(batch, actor, qf1_target, qf2_target, alpha, gamma):
-    """y = r + gamma * (1 - terminated) * [min_i Qbar_i(s', a') - alpha * log pi(a'|s')]."""
+def critic_target(batch, next_action, next_log_pi, qf1_target, qf2_target, alpha, gamma):
+    """y = r + gamma * (1 - terminated) * [min_i Qbar_i(s', a') - alpha * log pi(a'|s')], given a' ~ pi(.|s') and log pi(a'|s')."""
     with torch.no_grad():
-        next_action, next_log_pi = actor.sample(batch["next_obs"])
         next_q = torch.min(qf1_target(batch["next_obs"], next_action), qf2_target(batch["next_obs"], next_action))
         return batch["rewards"] + gamma * (1 - batch["terminated"]) * (next_q - alpha * next_log_pi)
 
 
-def critic_loss(batch, actor, qf1, qf2, qf1_target, qf2_target, alpha, gamma):
-    """sum_i mean (Q_i(s, a) - y)^2 over the batch of transitions; also returns Q_1."""
-    y = critic_target(batch, actor, qf1_target, qf2_target, alpha, gamma)
+def critic_loss(batch, next_action, next_log_pi, qf1, qf2, qf1_target, qf2_target, alpha, gamma):
+    """sum_i mean (Q_i(s, a) - y)^2 over the batch of env transitions; also returns Q_1."""
+    y = critic_target(batch, next_action, next_log_pi, qf1_target, qf2_target, alpha, gamma)
     qf1_values = qf1(batch["obs"], batch["actions"])
     return F.mse_loss(qf1_values, y) + F.mse_loss(qf2(batch["obs"], batch["actions"]), y), qf1_values
 
@@ -385,7 +383,9 @@ if __name__ == "__main__":
             for _ in range(args.num_envs):  # one gradient update per env step
                 batch = rb.sample(args.batch_size)
                 alpha = log_alpha.exp().item()
-                qf_loss, qf1_values = critic_loss(batch, actor, qf1, qf2, qf1_target, qf2_target, alpha, args.gamma)
+                with torch.no_grad():  # a' ~ pi(.|s') of the current policy, for the targets
+                    next_action, next_log_pi = actor.sample(batch["next_obs"])
+                qf_loss, qf1_values = critic_loss(batch, next_action, next_log_pi, qf1, qf2, qf1_target, qf2_target, alpha, args.gamma)
                 check_finite("qf_loss", qf_loss, global_step)
                 q_optimizer.zero_grad()
                 qf_loss.backward()
@@ -419,7 +419,7 @@ if __name__ == "__main__":
                         "losses/actor_loss": policy_loss.item(),
                         "losses/alpha": log_alpha.exp().item(),
                         "policy/entropy": entropy.item(),
-                        "policy/saturated_fraction": (batch["actions"].abs() > 0.99).float().mean().item(),
+                        "policy/saturated_fraction": (next_action.abs() > 0.99).float().mean().item(),
                         "charts/SPS": int(global_step / (time.time() - start_time)),
                     },
                 )

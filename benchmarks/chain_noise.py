@@ -29,28 +29,29 @@ def load_script(path):
     return module
 
 
-def normalize(actor, obs):
-    """The script's own observation normalisation: obs_norm (DA-MDP REPPO, DiffWPO), obs_rms (DiffPPO) or none (DiffSAC)."""
+def split(actor):
+    """The diffusion policy and the observation normalisation of what a script's load_actor returns: an Agent holding
+    the normaliser (obs_norm: DA-MDP REPPO, DiffWPO; obs_rms: DiffPPO) and the policy, or the policy alone (DiffSAC)."""
     if hasattr(actor, "obs_norm"):
-        return actor.obs_norm(obs)
+        return actor.policy, actor.obs_norm
     if hasattr(actor, "obs_rms"):
-        return actor.obs_rms.normalize(obs)
-    return obs
+        return actor.policy, actor.obs_rms.normalize
+    return actor, lambda obs: obs
 
 
 @torch.no_grad()
-def chain_end(actor, obs_norm, samples, prior_noise=True, kernel_noise=True, only_step=None):
+def chain_end(policy, obs_norm, samples, prior_noise=True, kernel_noise=True, only_step=None):
     """x_K for `samples` chains per normalised state, shape (S, samples, A).
 
     prior_noise: x_0 ~ N(0, sigma_p^2) (else 0); kernel_noise: every step samples its kernel (else takes the mean);
     only_step=j: only step j samples (overrides kernel_noise).
     """
     obs = obs_norm.repeat_interleave(samples, 0)
-    x = torch.zeros(len(obs), actor.action_dim)
+    x = torch.zeros(len(obs), policy.action_dim)
     if prior_noise:
-        x = actor.prior_std * torch.randn_like(x)
-    for k in range(actor.diffusion_steps):
-        mean, std = actor.kernel(obs, x, torch.full((len(obs),), k, dtype=torch.long))
+        x = policy.prior_std * torch.randn_like(x)
+    for k in range(policy.diffusion_steps):
+        mean, std = policy.kernel(obs, x, torch.full((len(obs),), k, dtype=torch.long))
         noisy = (k == only_step) if only_step is not None else kernel_noise
         x = mean + std * torch.randn_like(mean) if noisy else mean
     return x.view(len(obs_norm), samples, -1)
@@ -70,7 +71,7 @@ def visited_states(actor, module, env_id, steps, every, seed):
         for t in range(steps):
             if t % every == 0:
                 states.append(obs)
-            action, _ = actor.sample(torch.as_tensor(obs, dtype=torch.float32)[None])  # every script's sample takes raw observations
+            action = actor.sample(torch.as_tensor(obs, dtype=torch.float32)[None])[0]  # every script's sample takes raw observations
             obs, _, terminated, truncated, _ = env.step(module.to_env(action.numpy()[0], env.action_space))
             if terminated or truncated:
                 obs, _ = env.reset()
@@ -96,15 +97,16 @@ def main():
     torch.manual_seed(options.seed)
     module = load_script(options.script)
     actor, saved, _ = module.load_actor(options.checkpoint, "cpu")
-    obs_norm = normalize(actor, visited_states(actor, module, saved.env_id, options.env_steps, options.every, options.seed))
-    print(f"{saved.env_id}, {len(obs_norm)} states x {options.samples} chains, K = {actor.diffusion_steps}")
+    policy, normalize = split(actor)
+    obs_norm = normalize(visited_states(actor, module, saved.env_id, options.env_steps, options.every, options.seed))
+    print(f"{saved.env_id}, {len(obs_norm)} states x {options.samples} chains, K = {policy.diffusion_steps}")
     print("| noise | std(x_K given s) | std(tanh given s) | saturated |\n|---|---|---|---|")
     for name, prior, kernel in [("all", True, True), ("kernel only (x_0 = 0)", False, True), ("prior only", True, False)]:
-        print("| {} | {:.3f} | {:.3f} | {:.1%} |".format(name, *spread(chain_end(actor, obs_norm, options.samples, prior, kernel))))
-    eta = actor.eta().mean(-1)
+        print("| {} | {:.3f} | {:.3f} | {:.1%} |".format(name, *spread(chain_end(policy, obs_norm, options.samples, prior, kernel))))
+    eta = policy.eta().mean(-1)
     print("\n| step j | eta_j | kernel std sqrt(2 eta_j) | std(x_K given s), step j's noise alone |\n|---|---|---|---|")
-    for j in range(actor.diffusion_steps):
-        alone = spread(chain_end(actor, obs_norm, options.samples, False, False, only_step=j))[0]
+    for j in range(policy.diffusion_steps):
+        alone = spread(chain_end(policy, obs_norm, options.samples, False, False, only_step=j))[0]
         print(f"| {j} | {eta[j]:.3f} | {torch.sqrt(2 * eta[j]):.3f} | {alone:.3f} |")
 
 

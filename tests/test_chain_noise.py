@@ -1,5 +1,6 @@
 """benchmarks/chain_noise.py: on an untrained chain (drift u = 0) the spreads have closed forms."""
 
+import os
 import subprocess
 import sys
 
@@ -43,3 +44,18 @@ def test_missing_checkpoint_is_a_one_line_error(tmp_path):
     )
     assert result.returncode != 0
     assert result.stderr.strip() == f"error: --checkpoint {tmp_path / 'none.pt'} is not a file"
+
+
+@pytest.mark.parametrize("script", ["diffsac.py", "diffppo.py", "da_mdp_reppo.py", "diffwpo.py"])
+def test_reads_every_diffusion_script_s_checkpoint(script, tmp_path):
+    from tests.test_run_dirs import BUDGETS, ENV
+
+    train = [sys.executable, str(REPO / script), "--env-id", ENV, *map(str, BUDGETS[script]), "--eval-episodes", "1", "--save-model"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    assert subprocess.run(train, cwd=tmp_path, env=env, capture_output=True, text=True).returncode == 0
+    (checkpoint,) = tmp_path.glob("runs/*/model.pt")
+    command = [sys.executable, str(REPO / "benchmarks/chain_noise.py"), "--script", str(REPO / script), "--checkpoint", str(checkpoint)]
+    result = subprocess.run([*command, "--env-steps", "16", "--samples", "4"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    steps = [line for line in result.stdout.splitlines() if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
+    assert len(steps) == 2  # K = 2: one row per denoising step

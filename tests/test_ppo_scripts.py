@@ -93,7 +93,7 @@ def test_nan_loss_stops_with_the_step(script, tmp_path):
 
 BAD_INPUTS = [
     ({"env_id": "NoSuchEnv-v0"}, "error: cannot make --env-id 'NoSuchEnv-v0'"),
-    ({"env_id": "CartPole-v1"}, "only Box actions are supported"),
+    ({"env_id": "CartPole-v1"}, "only continuous (Box) actions are supported"),
     ({"total_timesteps": 1000}, "error: --total-timesteps must cover one rollout of 2048 env steps, got 1000"),
     ({"num_minibatches": 1500}, "error: --num-minibatches must be at most half the rollout's 2048 env steps, got 1500"),
     ({"critic_hidden_dim": 0}, "error: --critic-hidden-dim must be at least 1, got 0"),

@@ -54,12 +54,11 @@ def test_critic_target_on_a_hand_made_batch(sac):
         "terminated": torch.tensor([0.0, 1.0, 0.0]),
     }
     gamma, alpha = 0.9, 0.3
-    y = sac.critic_target(batch, actor, StateValueCritic(0.0), StateValueCritic(2.0), 0.0, gamma)
+    torch.manual_seed(5)
+    next_action, next_log_pi = actor.sample(batch["next_obs"])
+    y = sac.critic_target(batch, next_action, next_log_pi, StateValueCritic(0.0), StateValueCritic(2.0), 0.0, gamma)
     torch.testing.assert_close(y, torch.tensor([1.0 + 0.9 * 1.0, -1.0, 0.5 + 0.9 * 3.0]))
-    torch.manual_seed(5)
-    y_soft = sac.critic_target(batch, actor, StateValueCritic(0.0), StateValueCritic(2.0), alpha, gamma)
-    torch.manual_seed(5)
-    _, next_log_pi = actor.sample(batch["next_obs"])
+    y_soft = sac.critic_target(batch, next_action, next_log_pi, StateValueCritic(0.0), StateValueCritic(2.0), alpha, gamma)
     expected = y - gamma * (1 - batch["terminated"]) * alpha * next_log_pi
     torch.testing.assert_close(y_soft, expected)
 
