@@ -123,6 +123,7 @@ class Args:
     """if toggled, l_{K-1} includes tanh's log-det, so the entropy estimate is of the squashed action, as in SAC"""
 
 
+# ============ PLUMBING: the env, input checks, the NaN guard ============
 def to_env(squashed_action, space):
     """Maps tanh(x) in [-1, 1] to the env's bounds: a = low + (tanh(x) + 1) / 2 * (high - low)."""
     return space.low + (squashed_action + 1) / 2 * (space.high - space.low)
@@ -189,6 +190,7 @@ def check_finite(name, value, step):
         raise SystemExit(f"error: {name} became {value.item()} at env step {step}; stopping")
 
 
+# ============ ALGORITHM: networks, policy, losses ============
 def mlp(in_dim, out_dim, hidden_dim, layer_norm=False):
     """Two hidden ReLU layers; critics add LayerNorm for stability."""
     norm = (lambda: nn.LayerNorm(hidden_dim)) if layer_norm else nn.Identity
@@ -357,6 +359,7 @@ def temperature_loss(log_alpha, entropy, target_entropy):
     return log_alpha.exp() * (entropy.detach() - target_entropy)
 
 
+# ============ EVALUATION AND CHECKPOINTS ============
 def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=None):
     """Undiscounted returns of `episodes` episodes on a fresh env, env and sampler seeded seed, seed+1, ..."""
     env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
@@ -396,6 +399,7 @@ def load_actor(path, device):
     return actor.to(device), saved, checkpoint["env_steps"]
 
 
+# ============ TRAINING: set-up, then per iteration the env step, the update, logging, evaluation ============
 if __name__ == "__main__":
     args = tyro.cli(Args)
     check_args(args)

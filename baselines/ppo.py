@@ -107,6 +107,7 @@ class Args:
     """width of the hidden layers of the value network V(s) (CleanRL: 64; see the module docstring)"""
 
 
+# ============ PLUMBING: the env, input checks, the NaN guard ============
 def to_env(squashed_action, space):
     """Maps tanh(x) in [-1, 1] to the env's bounds: a = low + (tanh(x) + 1) / 2 * (high - low)."""
     return space.low + (squashed_action + 1) / 2 * (space.high - space.low)
@@ -182,6 +183,7 @@ class RunningMeanStd(nn.Module):
         return ((x - self.mean) / torch.sqrt(self.var + 1e-8)).clamp(-10, 10).float()
 
 
+# ============ ALGORITHM: networks, policy, losses ============
 def mlp(in_dim, out_dim, hidden_dim, last_std=1.0):
     """Two hidden tanh layers with orthogonal initialisation (CleanRL's layer_init); the last layer's gain is last_std."""
     layers = [nn.Linear(in_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, out_dim)]
@@ -282,6 +284,7 @@ def value_loss(critic, batch, clip_coef, clip_vloss):
     return 0.5 * loss.mean()
 
 
+# ============ EVALUATION AND CHECKPOINTS ============
 def evaluate(agent, env_id, episodes, seed, deterministic, device, video_dir=None):
     """Undiscounted returns of `episodes` episodes, env and sampler seeded seed, seed+1, ...; observation statistics frozen."""
     env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
@@ -321,6 +324,7 @@ def load_actor(path, device):
     return agent.to(device), saved, checkpoint["env_steps"]
 
 
+# ============ TRAINING: set-up, then per iteration the env step, the update, logging, evaluation ============
 if __name__ == "__main__":
     args = tyro.cli(Args)
     check_args(args)

@@ -91,6 +91,7 @@ class Args:
     """c in the entropy target H_target = -c * action_dim"""
 
 
+# ============ PLUMBING: the env, input checks, the NaN guard ============
 def to_env(squashed_action, space):
     """Maps tanh(x) in [-1, 1] to the env's bounds: a = low + (tanh(x) + 1) / 2 * (high - low)."""
     return space.low + (squashed_action + 1) / 2 * (space.high - space.low)
@@ -153,6 +154,7 @@ def check_finite(name, value, step):
         raise SystemExit(f"error: {name} became {value.item()} at env step {step}; stopping")
 
 
+# ============ ALGORITHM: networks, policy, losses ============
 def mlp(in_dim, out_dim, hidden_dim, layer_norm=False):
     """Two hidden ReLU layers; critics add LayerNorm for stability."""
     norm = (lambda: nn.LayerNorm(hidden_dim)) if layer_norm else nn.Identity
@@ -249,6 +251,7 @@ def temperature_loss(log_alpha, entropy, target_entropy):
     return log_alpha.exp() * (entropy.detach() - target_entropy)
 
 
+# ============ EVALUATION AND CHECKPOINTS ============
 def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=None):
     """Undiscounted returns of `episodes` episodes on a fresh env, env and sampler seeded seed, seed+1, ..."""
     env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
@@ -288,6 +291,7 @@ def load_actor(path, device):
     return actor.to(device), saved, checkpoint["env_steps"]
 
 
+# ============ TRAINING: set-up, then per iteration the env step, the update, logging, evaluation ============
 if __name__ == "__main__":
     args = tyro.cli(Args)
     check_args(args)

@@ -112,6 +112,7 @@ class Args:
     """initial KL Lagrange multiplier beta"""
 
 
+# ============ PLUMBING: the env, input checks, the NaN guard ============
 def to_env(squashed_action, space):
     """Maps tanh(x) in [-1, 1] to the env's bounds: a = low + (tanh(x) + 1) / 2 * (high - low)."""
     return space.low + (squashed_action + 1) / 2 * (space.high - space.low)
@@ -175,6 +176,7 @@ def check_finite(name, value, step):
         raise SystemExit(f"error: {name} became {value.item()} at env step {step}; stopping")
 
 
+# ============ ALGORITHM: networks, policy, losses ============
 def mlp(in_dim, out_dim, hidden_dim, layer_norm=False):
     """Two hidden ReLU layers; critics add LayerNorm for stability."""
     norm = (lambda: nn.LayerNorm(hidden_dim)) if layer_norm else nn.Identity
@@ -344,6 +346,7 @@ def dual_losses(log_alpha, log_beta, entropy, target_entropy, kl, kl_bound):
     return log_alpha.exp() * (entropy.detach() - target_entropy), -log_beta.exp() * (kl.detach().mean() - kl_bound)
 
 
+# ============ EVALUATION AND CHECKPOINTS ============
 def evaluate(agent, env_id, episodes, seed, deterministic, device, video_dir=None):
     """Undiscounted returns of `episodes` episodes on a fresh env, env and sampler seeded seed, seed+1, ..."""
     env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
@@ -384,6 +387,7 @@ def load_actor(path, device):
     return agent.to(device), saved, checkpoint["env_steps"]
 
 
+# ============ TRAINING: set-up, then per iteration the env step, the update, logging, evaluation ============
 if __name__ == "__main__":
     args = tyro.cli(Args)
     check_args(args)
