@@ -1,19 +1,14 @@
 """DiffPPO: PPO on the Diffusion-Augmented MDP (arXiv 2512.02019), diffusion policy.
 
-The policy is a K-step denoising chain in pre-tanh space R^A (docs/method.md, sections 2-4):
+The policy is a K-step denoising chain in pre-tanh space R^A (docs/method.md, sections 2-4); its log pi(a|s) is
+intractable. The one idea: every denoising step is a step of an augmented MDP (the DA-MDP), state (s, x_k, k) and
+action x_{k+1}, with the env reward and discount only at k = K-1, and the per-step log ratio l_k against the noising
+kernel p replaces log pi. PPO runs on it: T env steps are T*K DA steps j = t*K + k, each with a value V(s, x_k, k):
 
     x_0 ~ N(0, sigma_p^2 I),  q(x_{k+1} | x_k, s, k) = N(x_k + eta_k (-x_k / sigma_p^2 + u(s, x_k, k)), 2 eta_k)
     a = low + (tanh(x_K) + 1) / 2 * (high - low),   step sizes eta_k in (0, eta_max) learned
-
-log pi(a|s) of a chain is intractable. The one idea: make every denoising step a step of an
-augmented MDP (the DA-MDP) with state (s, x_k, k) and action x_{k+1}, env reward and discount only
-at k = K-1, and replace log pi by the per-step log ratio against the noising kernel p:
-
     p(x_k | x_{k+1}) = N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k),   l_k = log q(x_{k+1}|x_k,s,k) - log p(x_k|x_{k+1})
     l_{K-1} -= sum_d log(1 - tanh(x_K,d)^2)    (tanh correction; --no-tanh-correction drops it)
-
-PPO then runs on the DA-MDP: a rollout of T env steps is T*K DA steps j = t*K + k, each with V(s, x_k, k):
-
     soft reward   r~_j = [k = K-1] r_t / std(discounted return) - eps * l_k
     GAE           delta_j = r~_j + gamma_j (1 - done_j) V_{j+1} - V_j,  A_j = delta_j + gamma_j lambda_j (1 - done_j) A_{j+1}
                   gamma_j, lambda_j, done_j: gamma, lambda, done_t at k = K-1; 1, 1, 0 inside the chain
@@ -21,13 +16,10 @@ PPO then runs on the DA-MDP: a rollout of T env steps is T*K DA steps j = t*K + 
                   rho = q_theta(x_{k+1}|x_k,s,k) / q_old(x_{k+1}|x_k,s,k), one kernel step, never the whole chain
     value loss    0.5 E[max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)],  R = A + V_old
 
-V is 256 wide (--critic-hidden-dim), the policy 64 wide as CleanRL's: the diffusion chain's V(s, x_k, k) depends
-on x_k too and needs the width most, and PPO learns faster with it too (benchmarks/results). A truncated env step adds
-gamma V(final observation) (on the DA-MDP at x_0 ~ prior, k = 0) to its reward and ends the trace. Observations
-are normalised by running statistics that the Agent keeps in front of the policy (saved with it; evaluation does
-not update them), rewards by the running std of the discounted return.
-
-`diff baselines/ppo.py diffppo.py` shows exactly what changes when the Gaussian becomes a diffusion chain.
+V is 256 wide (--critic-hidden-dim; CleanRL: 64), the policy 64: the chain's V(s, x_k, k) needs the width most, and PPO
+learns faster with it too. A truncated env step adds gamma V(final observation) (on the DA-MDP at x_0 ~ prior, k = 0)
+to its reward and ends the trace. Observations are normalised by the Agent's running statistics (saved with it, frozen
+in evaluation), rewards by the running std of the discounted return. `diff baselines/ppo.py diffppo.py` is the method.
 
 Run:  python diffppo.py --env-id Hopper-v5 --total-timesteps 1000000
 """
@@ -70,7 +62,6 @@ class Args:
     """if toggled, the trained model is saved to `runs/{run_name}/model.pt`"""
     evaluate_checkpoint: str | None = None
     """path of a saved model.pt: evaluate it for `--eval-episodes` episodes (on the run's own evaluation seeds) instead of training"""
-
     env_id: str = "Hopper-v5"
     """the id of the gymnasium environment (continuous actions)"""
     total_timesteps: int = 1_000_000
@@ -94,7 +85,7 @@ class Args:
     gae_lambda: float = 0.95
     """lambda of the generalized advantage estimate"""
     num_minibatches: int = 32
-    """the number of minibatches each epoch splits the rollout's num_steps * num_envs * K DA steps into"""
+    """the number of minibatches each epoch splits the rollout into"""
     update_epochs: int = 10
     """the number of passes over each rollout"""
     norm_adv: bool = True
@@ -112,9 +103,9 @@ class Args:
     normalize_reward: bool = True
     """if toggled, rewards are divided by the running std of the discounted return (clipped to [-10, 10])"""
     hidden_dim: int = 64
-    """width of the hidden layers of the policy network u(s, x_k, k)"""
+    """width of the hidden layers of the policy network"""
     critic_hidden_dim: int = 256
-    """width of the hidden layers of the value network V(s, x_k, k) (CleanRL: 64; see the module docstring)"""
+    """width of the hidden layers of the value network (CleanRL: 64; see the module docstring)"""
     diffusion_steps: int = 8
     """K, the number of denoising steps of the chain"""
     prior_std: float = 1.0
@@ -127,20 +118,17 @@ class Args:
     """if toggled, l_{K-1} includes tanh's log-det, so the entropy bonus is of the squashed action, as in PPO's log pi"""
 
 
-# ============ PLUMBING: the env, input checks, the NaN guard ============
+# ============ PLUMBING: the env, input checks, running statistics ============
 def to_env(squashed_action, space):
     """Maps tanh(x) in [-1, 1] to the env's bounds: a = low + (tanh(x) + 1) / 2 * (high - low)."""
     return space.low + (squashed_action + 1) / 2 * (space.high - space.low)
 
 
 def make_env(env_id, seed):
-    def thunk():
-        env = gym.make(env_id)
-        env = gym.wrappers.RecordEpisodeStatistics(env)
-        env.action_space.seed(seed)
-        return env
-
-    return thunk
+    """The env with episode statistics, its action space seeded (SyncVectorEnv calls it through a lambda)."""
+    env = gym.wrappers.RecordEpisodeStatistics(gym.make(env_id))
+    env.action_space.seed(seed)
+    return env
 
 
 def first_line(error):
@@ -154,10 +142,8 @@ def check_args(args):
         probe = gym.make(args.env_id)
     except Exception as error:
         raise SystemExit(f"error: cannot make --env-id {args.env_id!r}: {first_line(error)}") from None
-    if not isinstance(probe.action_space, gym.spaces.Box):
-        raise SystemExit(
-            f"error: --env-id {args.env_id!r} has action space {probe.action_space}; only continuous (Box) actions are supported"
-        )
+    if not isinstance(space := probe.action_space, gym.spaces.Box):
+        raise SystemExit(f"error: --env-id {args.env_id!r} has action space {space}; only continuous (Box) actions are supported")
     probe.close()
     rules = [("seed", "must lie in [0, 2**31)", 0 <= args.seed < 2**31), ("eval_episodes", "must be at least 1", args.eval_episodes >= 1)]
     if args.evaluate_checkpoint is None:
@@ -169,21 +155,13 @@ def check_args(args):
         rollout = args.num_steps * args.num_envs
         rules += [("num_minibatches", f"must be at most half the rollout's {rollout} env steps", 2 * args.num_minibatches <= rollout)]
         rules += [("total_timesteps", f"must cover one rollout of {rollout} env steps", args.total_timesteps >= rollout)]
-        rules += [
-            ("prior_std", "must be positive", args.prior_std > 0),
-            ("diffusion_steps", "must be at least 1", args.diffusion_steps >= 1),
-            ("eta_lr", "must be positive", args.eta_lr is None or args.eta_lr > 0),
-            ("eta_max", "must exceed 0.5, the first step's initial step size", args.eta_max > 0.5),
-        ]
+        rules += [("prior_std", "must be positive", args.prior_std > 0)]
+        rules += [("diffusion_steps", "must be at least 1", args.diffusion_steps >= 1)]
+        rules += [("eta_lr", "must be positive", args.eta_lr is None or args.eta_lr > 0)]
+        rules += [("eta_max", "must exceed 0.5, the first step's initial step size", args.eta_max > 0.5)]
     for name, rule, holds in rules:
         if not holds:
             raise SystemExit(f"error: --{name.replace('_', '-')} {rule}, got {getattr(args, name)}")
-
-
-def check_finite(name, value, step):
-    """Stop training on a NaN or infinite loss (never keep training on it)."""
-    if not torch.isfinite(value):
-        raise SystemExit(f"error: {name} became {value.item()} at env step {step}; stopping")
 
 
 class RunningMeanStd(nn.Module):
@@ -323,29 +301,22 @@ class Agent(nn.Module):
 
 
 def da_mdp_sequence(env_rewards, env_dones, log_ratio, ent_coef, gamma, gae_lambda):
-    """The rollout as a DA-MDP sequence, DA time j = t*K + k (docs/method.md, section 3).
-
-    (T, N) env rewards and dones and (T, K, N) l_k in; (T*K, N) soft rewards and dones, (T*K, 1) gamma_j and lambda_j out:
-    the env reward, the episode end, gamma and lambda only at k = K-1 (1 inside the chain), the bonus -eps l_k at every step.
-    """
+    """The rollout as DA-MDP steps j = t*K + k (docs/method.md, section 3), from (T, N) env rewards and dones and
+    (T, K, N) l_k: (T*K, N) soft rewards -eps l_k (+ r_t at k = K-1) and dones, (T*K, 1) gamma_j and lambda_j."""
     num_steps, diffusion_steps, num_envs = log_ratio.shape
     soft_rewards = -ent_coef * log_ratio
     soft_rewards[:, -1] += env_rewards
     dones = torch.zeros_like(soft_rewards)
     dones[:, -1] = env_dones
     last_step = (torch.arange(diffusion_steps, device=log_ratio.device) == diffusion_steps - 1).float()
-    gammas = (1 + last_step * (gamma - 1)).repeat(num_steps)[:, None]
-    lambdas = (1 + last_step * (gae_lambda - 1)).repeat(num_steps)[:, None]
-    flat = (num_steps * diffusion_steps, num_envs)
-    return soft_rewards.reshape(flat), dones.reshape(flat), gammas, lambdas
+    gammas, lambdas = ((1 + last_step * (g - 1)).repeat(num_steps)[:, None] for g in (gamma, gae_lambda))
+    return soft_rewards.reshape(-1, num_envs), dones.reshape(-1, num_envs), gammas, lambdas
 
 
 def compute_gae(rewards, values, dones, last_value, gamma, gae_lambda):
-    """GAE over a rollout of shape (T, N): A_t = delta_t + gamma_t lambda_t (1 - done_t) A_{t+1}.
-
-    delta_t = r_t + gamma_t (1 - done_t) V_{t+1} - V_t, with V_T = last_value; done_t ends the episode after step t.
-    gamma and gae_lambda are numbers, or per-step (T, 1) tensors on the DA-MDP (diffppo.py's da_mdp_sequence).
-    """
+    """GAE over a rollout (T, N): A_t = delta_t + gamma_t lambda_t (1 - done_t) A_{t+1}, with V_T = last_value and
+    delta_t = r_t + gamma_t (1 - done_t) V_{t+1} - V_t; done_t ends the episode after step t. gamma and gae_lambda are
+    numbers, or per-step (T, 1) tensors on the DA-MDP (diffppo.py's da_mdp_sequence)."""
     not_done = 1.0 - dones
     deltas = rewards + gamma * not_done * torch.cat([values[1:], last_value[None]]) - values
     decay = (gamma * gae_lambda * not_done).cpu().numpy()
@@ -365,10 +336,9 @@ def policy_loss(policy, batch, clip_coef, norm_adv, ent_coef):
         scale = advantages.std() + 1e-8
         advantages = (advantages - advantages.mean()) / scale
     unclipped, clipped = -advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)
-    # The reference-kernel term (docs/method.md, section 4): the bonus's eps log p_theta(x_k|x_{k+1}) depends on theta
-    # through eta_k besides the sample, d/dtheta E_q[eps log p_theta] = (score part, in A) + E_q_old[rho eps d log p_theta];
-    # descending -stopgrad(rho) eps log p_theta ascends it, in the advantages' units (/ scale) and only where the
-    # surrogate passes its gradient (not clipped), as the reference does. The tanh term of l_{K-1} has no theta in it.
+    # the bonus's eps log p_theta(x_k|x_{k+1}) depends on theta through eta_k (docs/method.md, section 4): descending
+    # -stopgrad(rho) eps log p_theta ascends it, in A's units (/ scale), where unclipped, as the reference does (tanh's
+    # term in l_{K-1} has no theta)
     log_p = log_q - policy.log_ratio(batch["x"], batch["k"], batch["x_next"], mean, std)
     not_clipped = (unclipped >= clipped).float()
     reference_term = -ratio.detach() * ent_coef * log_p / scale * not_clipped
@@ -386,6 +356,7 @@ def value_loss(critic, batch, clip_coef, clip_vloss):
 
 
 # ============ EVALUATION AND CHECKPOINTS ============
+@torch.no_grad()
 def evaluate(agent, env_id, episodes, seed, deterministic, device, video_dir=None):
     """Undiscounted returns of `episodes` episodes, env and sampler seeded seed, seed+1, ...; observation statistics frozen."""
     env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
@@ -398,11 +369,9 @@ def evaluate(agent, env_id, episodes, seed, deterministic, device, video_dir=Non
             obs, _ = env.reset(seed=seed + episode)
             done, episode_return = False, 0.0
             while not done:
-                with torch.no_grad():
-                    action = agent.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)[0]
+                action = agent.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)[0]
                 obs, reward, terminated, truncated, _ = env.step(to_env(action[0].cpu().numpy(), env.action_space))
-                episode_return += float(reward)
-                done = terminated or truncated
+                episode_return, done = episode_return + float(reward), terminated or truncated
             returns.append(episode_return)
     env.close()
     return np.array(returns)
@@ -414,9 +383,8 @@ def load_actor(path, device):
         checkpoint = torch.load(path, map_location=device, weights_only=False)
     except Exception as error:  # missing, unreadable, or not a torch file
         raise SystemExit(f"error: cannot load --evaluate-checkpoint {path}: {first_line(error)}") from None
-    script = os.path.basename(__file__)
     written_by = checkpoint.get("script", "another program") if isinstance(checkpoint, dict) else "another program"
-    if written_by != script:
+    if written_by != (script := os.path.basename(__file__)):
         raise SystemExit(f"error: --evaluate-checkpoint {path} was written by {written_by}, not by {script}")
     saved = Args(**checkpoint["args"])
     env = gym.make(saved.env_id)
@@ -470,13 +438,10 @@ if __name__ == "__main__":
         metrics_file.write(json.dumps({"step": step, "time": round(time.time() - start_time, 2), **scalars}) + "\n")
         metrics_file.flush()
 
-    envs = gym.vector.SyncVectorEnv(
-        [make_env(args.env_id, args.seed + i) for i in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
-    obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
-
     K, N = args.diffusion_steps, args.num_envs
+    env_fns = [lambda i=i: make_env(args.env_id, args.seed + i) for i in range(N)]
+    envs = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
     agent = Agent(obs_dim, action_dim, args).to(device)
     critic = ValueNetwork(obs_dim, action_dim, args.critic_hidden_dim, K).to(device)
     eta_lr = args.learning_rate if args.eta_lr is None else args.eta_lr
@@ -484,22 +449,10 @@ if __name__ == "__main__":
     param_groups = [{"params": other_params}, {"params": [agent.policy.eta_param], "lr": eta_lr}]
     optimizer = torch.optim.Adam(param_groups, lr=args.learning_rate, eps=1e-5)
     reward_rms = RunningMeanStd().to(device)
-
-    # rollout storage, one row per env step; the per-step quantities of the chain have a K axis
-    env_steps_per_env = args.total_timesteps // N
-    num_iterations = env_steps_per_env // args.num_steps
-    leftover = env_steps_per_env % args.num_steps  # the last rollout also takes the steps left over
-    max_steps = args.num_steps + leftover
-    obs_buf = torch.zeros(max_steps, N, obs_dim, device=device)
-    chain_buf = torch.zeros(max_steps, K + 1, N, action_dim, device=device)
-    log_ratio_buf, values_buf = (torch.zeros(max_steps, K, N, device=device) for _ in range(2))
-    rewards_buf, dones_buf = (torch.zeros(max_steps, N, device=device) for _ in range(2))
+    num_iterations, leftover = divmod(args.total_timesteps // N, args.num_steps)  # the last rollout takes the rest
+    # rollout storage, one row per env step, allocated per rollout
+    buffer_shapes = [(N, obs_dim), (K + 1, N, action_dim), (K, N), (K, N), (N,), (N,)]
     steps = torch.arange(K, device=device)
-
-    def values_of_chain(obs, chain):
-        """V(s, x_k, k) for k = 0..K-1 of chains (N, K+1, A) in one batched call; shape (K, N)."""
-        obs = obs[:, None].expand(-1, K, -1).reshape(-1, obs_dim)
-        return critic(obs, chain[:, :-1].reshape(-1, action_dim), steps.repeat(len(chain))).view(-1, K).T
 
     def initial_value(obs):
         """V(s, x_0, 0) with x_0 ~ prior: the value of an env state where the chain starts."""
@@ -508,23 +461,19 @@ if __name__ == "__main__":
 
     obs, _ = envs.reset(seed=args.seed)
     discounted_return = torch.zeros(N, dtype=torch.float64, device=device)
-    global_step, recent_returns, next_eval = 0, [], args.eval_frequency
-    last_print, last_print_step = start_time, 0
+    global_step, recent_returns, next_eval, last_print, last_print_step = 0, [], args.eval_frequency, start_time, 0
     stop = []  # Ctrl-C or SIGTERM: finish the iteration, then save and exit; a second one exits at once
-
-    def request_stop(signum, frame):
-        if stop:
-            raise KeyboardInterrupt
-        stop.append(signum)
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # the second signal raises KeyboardInterrupt
+        signal.signal(signum, lambda signum, frame: signal.default_int_handler(signum, frame) if stop else stop.append(signum))
     for iteration in range(1, num_iterations + 1):
-        num_steps = args.num_steps + (leftover if iteration == num_iterations else 0)
+        final = iteration == num_iterations
+        num_steps = args.num_steps + (leftover if final else 0)
+        obs_buf, chain_buf, log_ratio_buf, values_buf, rewards_buf, dones_buf = (
+            torch.zeros(num_steps, *shape, device=device) for shape in buffer_shapes
+        )
         if args.anneal_lr:
             frac = 1.0 - (iteration - 1.0) / num_iterations
             optimizer.param_groups[0]["lr"], optimizer.param_groups[1]["lr"] = frac * args.learning_rate, frac * eta_lr
-
         for step in range(num_steps):
             global_step += N
             obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=device)
@@ -532,10 +481,10 @@ if __name__ == "__main__":
             obs_norm = agent.obs_rms.normalize(obs_tensor)
             with torch.no_grad():
                 action, chain, log_ratios = agent.policy.sample(obs_norm)  # K kernel calls, batched over the envs
-                values_buf[step] = values_of_chain(obs_norm, chain)
+                obs_k = obs_norm[:, None].expand(-1, K, -1).reshape(-1, obs_dim)  # the chain's K DA states
+                values_buf[step] = critic(obs_k, chain[:, :-1].reshape(-1, action_dim), steps.repeat(N)).view(-1, K).T
             next_obs, rewards, terminations, truncations, infos = envs.step(to_env(action.cpu().numpy(), envs.single_action_space))
             obs_buf[step], chain_buf[step], log_ratio_buf[step] = obs_norm, chain.transpose(0, 1), log_ratios.T
-
             rewards = torch.as_tensor(rewards, device=device)
             dones = torch.as_tensor(terminations | truncations, dtype=torch.float32, device=device)
             if args.normalize_reward:
@@ -553,7 +502,6 @@ if __name__ == "__main__":
                     final_obs = agent.obs_rms.normalize(torch.as_tensor(final_obs, dtype=torch.float32, device=device))
                     rewards = rewards + truncated * args.gamma * initial_value(final_obs)
             rewards_buf[step], dones_buf[step] = rewards.float(), dones
-
             for i in np.flatnonzero(infos.get("_final_info", [])):
                 episode = infos["final_info"]["episode"]
                 recent_returns = (recent_returns + [float(episode["r"][i])])[-10:]
@@ -562,35 +510,34 @@ if __name__ == "__main__":
 
         # GAE on the DA-MDP: K DA steps per env step, the env reward and discount only at k = K-1
         soft_rewards, da_dones, gammas, lambdas = da_mdp_sequence(
-            rewards_buf[:num_steps], dones_buf[:num_steps], log_ratio_buf[:num_steps], args.ent_coef, args.gamma, args.gae_lambda
+            rewards_buf, dones_buf, log_ratio_buf, args.ent_coef, args.gamma, args.gae_lambda
         )
-        values = values_buf[:num_steps].reshape(-1, N)
+        values = values_buf.reshape(-1, N)
         with torch.no_grad():
             last_value = initial_value(agent.obs_rms.normalize(torch.as_tensor(obs, dtype=torch.float32, device=device)))
         advantages = compute_gae(soft_rewards, values, da_dones, last_value, gammas, lambdas)
         batch = {
-            "obs": obs_buf[:num_steps, None].expand(-1, K, -1, -1).reshape(-1, obs_dim),
-            "x": chain_buf[:num_steps, :-1].reshape(-1, action_dim),
+            "obs": obs_buf[:, None].expand(-1, K, -1, -1).reshape(-1, obs_dim),
+            "x": chain_buf[:, :-1].reshape(-1, action_dim),
             "k": steps[:, None].expand(-1, N).repeat(num_steps, 1).reshape(-1),
-            "x_next": chain_buf[:num_steps, 1:].reshape(-1, action_dim),
-            "values": values.reshape(-1),
-            "advantages": advantages.reshape(-1),
-            "returns": (advantages + values).reshape(-1),
+            "x_next": chain_buf[:, 1:].reshape(-1, action_dim),
         }
-        with torch.no_grad():  # log q_old(x_{k+1} | x_k, s, k) of every DA step of the rollout, in one call
+        batch |= {"values": values.reshape(-1), "advantages": advantages.reshape(-1)}
+        batch["returns"] = (advantages + values).reshape(-1)
+        with torch.no_grad():  # the old policy's log-density of every step of the rollout, in one call
             mean, std = agent.policy.kernel(batch["obs"], batch["x"], batch["k"])
             batch["log_prob"] = gaussian_log_prob(batch["x_next"], mean, std)
 
         # minibatches mix all DA steps; as many as PPO's, so each holds K times more samples
-        batch_size = num_steps * K * N
         clip_fractions = []
         for _ in range(args.update_epochs):
-            for indices in torch.randperm(batch_size, device=device).tensor_split(args.num_minibatches):
+            for indices in torch.randperm(len(batch["obs"]), device=device).tensor_split(args.num_minibatches):
                 minibatch = {key: value[indices] for key, value in batch.items()}
                 pg_loss, ratio = policy_loss(agent.policy, minibatch, args.clip_coef, args.norm_adv, args.ent_coef)
                 v_loss = value_loss(critic, minibatch, args.clip_coef, args.clip_vloss)
                 loss = pg_loss + args.vf_coef * v_loss
-                check_finite("loss", loss, global_step)
+                if not torch.isfinite(loss):  # the NaN guard: never keep training on a NaN or infinite loss
+                    raise SystemExit(f"error: loss became {loss.item()} at env step {global_step}; stopping")
                 optimizer.zero_grad()
                 loss.backward()
                 nn.utils.clip_grad_norm_(list(agent.parameters()) + list(critic.parameters()), args.max_grad_norm)
@@ -600,34 +547,24 @@ if __name__ == "__main__":
                     clip_fractions.append(((ratio - 1).abs() > args.clip_coef).float().mean().item())
 
         explained_variance = 1 - (batch["returns"] - batch["values"]).var() / batch["returns"].var()
-        log_scalars(
-            global_step,
-            {
-                "charts/learning_rate": optimizer.param_groups[0]["lr"],
-                "losses/value_loss": v_loss.item(),
-                "losses/policy_loss": pg_loss.item(),
-                "losses/approx_kl": approx_kl.item(),
-                "losses/clipfrac": float(np.mean(clip_fractions)),
-                "losses/explained_variance": explained_variance.item(),
-                "diffusion/eps": args.ent_coef,
-                # the chain's entropy bound H_prior - sum_k l_k, per env step
-                "diffusion/entropy": agent.policy.prior_entropy() - log_ratio_buf[:num_steps].sum(1).mean().item(),
-                "diffusion/saturated_fraction": (torch.tanh(chain_buf[:num_steps, -1]).abs() > 0.99).float().mean().item(),
-                **{f"diffusion/eta_{j}": eta_j.item() for j, eta_j in enumerate(agent.policy.eta().mean(-1))},
-                "charts/SPS": int(global_step / (time.time() - start_time)),
-            },
-        )
+        scalars = {"charts/learning_rate": optimizer.param_groups[0]["lr"], "losses/value_loss": v_loss.item()}
+        scalars |= {"losses/policy_loss": pg_loss.item(), "losses/approx_kl": approx_kl.item()}
+        scalars |= {"losses/clipfrac": float(np.mean(clip_fractions)), "losses/explained_variance": explained_variance.item()}
+        scalars["diffusion/eps"] = args.ent_coef  # and the chain's entropy bound H_prior - sum_k l_k, per env step
+        scalars["diffusion/entropy"] = agent.policy.prior_entropy() - log_ratio_buf.sum(1).mean().item()
+        scalars["diffusion/saturated_fraction"] = (torch.tanh(chain_buf[:, -1]).abs() > 0.99).float().mean().item()
+        scalars |= {f"diffusion/eta_{j}": eta_j.item() for j, eta_j in enumerate(agent.policy.eta().mean(-1))}
+        log_scalars(global_step, scalars | {"charts/SPS": int(global_step / (time.time() - start_time))})
 
-        if global_step >= next_eval or iteration == num_iterations:
+        if global_step >= next_eval or final:
             next_eval = (global_step // args.eval_frequency + 1) * args.eval_frequency
-            final = iteration == num_iterations
             video_dir = os.path.join(run_dir, "videos") if final and args.capture_video else None
             returns = evaluate(agent, args.env_id, args.eval_episodes, args.seed + 10_000, args.eval_deterministic, device, video_dir)
             log_scalars(global_step, {"eval/episodic_return": float(returns.mean())})
             if final:
                 print(f"eval return {returns.mean():.2f} +- {returns.std():.2f} over {len(returns)} episodes at env step {global_step}")
 
-        if time.time() - last_print > 5 or iteration == num_iterations:
+        if time.time() - last_print > 5 or final:
             sps = (global_step - last_print_step) / (time.time() - last_print)  # recent speed, for the time left
             last_print, last_print_step = time.time(), global_step
             recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
@@ -645,8 +582,7 @@ if __name__ == "__main__":
         nets = {"actor": agent.state_dict(), "critic": critic.state_dict(), "reward_rms": reward_rms.state_dict()}  # actor: with obs_rms
         torch.save({"script": os.path.basename(__file__), "env_steps": global_step, "args": asdict(args), **nets}, model_path)
         print(f"model saved to {model_path} at env step {global_step}")
-    envs.close()
-    writer.close()
-    metrics_file.close()
+    for resource in (envs, writer, metrics_file):
+        resource.close()
     if stop:
         raise SystemExit(128 + stop[0])

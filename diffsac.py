@@ -1,41 +1,35 @@
 """DiffSAC: Soft Actor-Critic on the Diffusion-Augmented MDP (arXiv 2512.02019), diffusion policy.
 
 Maximum-entropy RL maximises E[ sum_t gamma^t (r_t + alpha * H(pi(.|s_t))) ].
-Here the policy is a K-step denoising chain in pre-tanh space R^A (A action dimensions), with u(s, x_k, k) an MLP
-and step sizes eta_k, one per step and dimension, learned in (0, eta_max) (docs/method.md, sections 2-4):
+Here the policy is a K-step denoising chain in pre-tanh space R^A (A action dimensions) with a drift MLP u(s, x_k, k)
+and step sizes eta_k learned in (0, eta_max) per step and dimension (docs/method.md, sections 2-4):
 
     x_0 ~ N(0, sigma_p^2 I),  q(x_{k+1} | x_k, s, k) = N(x_k + eta_k (-x_k / sigma_p^2 + u(s, x_k, k)), 2 eta_k)
     a = tanh(x_K) in [-1, 1]^A (the env sees low + (a + 1) / 2 * (high - low))
 
-log pi(a|s) of a chain is intractable. The method makes every denoising step a step of an augmented MDP (the DA-MDP)
-with state (s, x_k, k) and action x_{k+1}, env reward and discount only at k = K-1, and replaces log pi by the
-per-step log ratio against the noising kernel p, which maps x_{k+1} back towards the prior:
+log pi(a|s) of a chain is intractable. The DA-MDP makes each denoising step an MDP step (state (s, x_k, k), action
+x_{k+1}, env reward and discount only at k = K-1) and replaces log pi by the log ratio against a noising kernel p:
 
     p(x_k | x_{k+1}) = N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k),   l_k = log q(x_{k+1}|x_k,s,k) - log p(x_k|x_{k+1})
     l_{K-1} -= sum_d log(1 - tanh(x_{K,d})^2)    (tanh correction, as in SAC)
     H_hat = H_prior - sum_k l_k  <=  H(pi(.|s)) in expectation,  H_prior = A/2 log(2 pi e sigma_p^2)
 
-SAC then runs on the DA-MDP, one kernel step per gradient sample, never back-propagating through the chain: DA step k
-earns -alpha l_k, and the env step also r + alpha H_prior (x_0 is drawn once per env step). The buffer holds env
-transitions (s, a, r, s'), as SAC's does; each update simulates the in-chain transitions with one chain x'_0 -> x'_K
-of the current policy (no gradient) at the replayed s', a' = tanh(x'_K). A batch row is one DA transition:
+SAC runs on the DA-MDP, one kernel step per gradient sample, never back-propagating through the chain: DA step k
+earns -alpha l_k, the env step also r + alpha H_prior (x_0 is drawn once per env step). The buffer holds env
+transitions (s, a, r, s'); each update draws one chain x'_0 -> x'_K of the current policy (no gradient) at the replayed
+s', a' = tanh(x'_K). A batch row is one DA transition, at k = K-1 (share --last-step-share) or k < K-1 (uniform):
 
-    k = K-1 (share --last-step-share), Q_i(s, a, K-1):
-                   y = r + gamma (1 - terminated) [min_i Qbar_i(s', a', K-1) - alpha (sum_j l'_j - H_prior)]
-    k < K-1 (uniform), Q_i(s', tanh(x'_{k+1}), k):
-                   y = min_i Qbar_i(s', a', K-1) - alpha (l'_{k+1} + ... + l'_{K-1})
+    row k = K-1    y = r + gamma (1 - terminated) [min_i Qbar_i(s', a', K-1) - alpha (sum_j l'_j - H_prior)],  for Q_i(s, a, K-1)
+    row k < K-1    y = min_i Qbar_i(s', a', K-1) - alpha (l'_{k+1} + ... + l'_{K-1}),  for Q_i(s', tanh(x'_{k+1}), k)
     actor loss     E[alpha l_k(theta) - min_i Q_i(s', tanh(x_{k+1}(theta)), k)],  x_{k+1} ~ q(.|x'_k, s', k) reparameterised
     temperature    fixed by default; --autotune: loss alpha * stopgrad(H_hat - H_target),  H_target = -c * A (c: --target-entropy-scale)
 
-The in-chain target is the DA-MDP's soft Bellman backup: the chain continues the current policy from each x'_{k+1}, so
-Q(s', x'_{k+1}, k) = E[Q(s', x'_K, K-1) - alpha sum_{j>k} l'_j], and only the env-step critic Q(., ., K-1) bootstraps.
-The in-chain rows and the actor sit at s' because they share that one chain.
-Q_i are Polyak-averaged into Qbar_i.
-`diff baselines/sac.py diffsac.py` shows what changes when the Gaussian becomes a diffusion chain.
+Q_i are Polyak-averaged into Qbar_i. `diff baselines/sac.py diffsac.py` shows what the diffusion chain changes.
 
 Run:  python diffsac.py --env-id Hopper-v5 --total-timesteps 100000
 """
 
+import contextlib
 import json
 import os
 import random
@@ -103,12 +97,12 @@ class Args:
     """the learning rate of the critics"""
     hidden_dim: int = 256
     """width of the hidden layers of every network"""
-    alpha_init: float = 0.005
-    """initial entropy temperature alpha; small, since the bound H_hat also charges the chain for moving away from the prior"""
-    autotune: bool = False
-    """if toggled, alpha is tuned towards the entropy target (off: H - H_hat grows as the policy learns, so a fixed target raises alpha)"""
+    alpha_init: float = 0.005  # small: the bound H_hat also charges the chain for moving away from the prior
+    """initial entropy temperature alpha"""
+    autotune: bool = False  # off: H - H_hat grows as the policy learns, so a fixed entropy target would raise alpha
+    """if toggled, alpha is tuned towards the entropy target"""
     target_entropy_scale: float = 4.0
-    """c in the entropy target H_target = -c * action_dim of the chain's entropy bound H_hat (with --autotune)"""
+    """c in the entropy target H_target = -c * action_dim"""
     diffusion_steps: int = 8
     """K, the number of denoising steps of the chain"""
     prior_std: float = 3.0
@@ -130,13 +124,10 @@ def to_env(squashed_action, space):
 
 
 def make_env(env_id, seed):
-    def thunk():
-        env = gym.make(env_id)
-        env = gym.wrappers.RecordEpisodeStatistics(env)
-        env.action_space.seed(seed)
-        return env
-
-    return thunk
+    """The env with episode statistics, its action space seeded (SyncVectorEnv calls it through a lambda)."""
+    env = gym.wrappers.RecordEpisodeStatistics(gym.make(env_id))
+    env.action_space.seed(seed)
+    return env
 
 
 def first_line(error):
@@ -160,8 +151,7 @@ def check_args(args):
         positive = "total_timesteps eval_frequency buffer_size batch_size policy_lr q_lr hidden_dim alpha_init prior_std".split()
         rules += [(name, "must be positive", getattr(args, name) > 0) for name in positive]  # `> 0` also rejects NaN
         rules += [(name, "must lie in [0, 1]", 0 <= getattr(args, name) <= 1) for name in ("gamma", "tau")]
-        rules += [("num_envs", "must be at least 1", args.num_envs >= 1)]
-        rules += [("diffusion_steps", "must be at least 1", args.diffusion_steps >= 1)]
+        rules += [(name, "must be at least 1", getattr(args, name) >= 1) for name in ("num_envs", "diffusion_steps")]
         rules += [("eta_lr", "must be positive", args.eta_lr is None or args.eta_lr > 0)]
         rules += [("last_step_share", "must lie strictly between 0 and 1", 0 < args.last_step_share < 1)]
         rules += [("eta_max", "must exceed 0.5, the first step's initial step size", args.eta_max > 0.5)]
@@ -176,18 +166,20 @@ def check_args(args):
 
 
 def real_next_obs(next_obs, infos):
-    """The true s' of a vector env step with SAME_STEP autoreset: a finished env returns its reset observation and
-    keeps the episode's last one in infos["final_obs"]. (Truncation does not end bootstrapping: only `terminated` is stored.)"""
+    """The true s' of a SAME_STEP-autoreset vector step: a finished env's last observation is in infos["final_obs"]."""
     real = next_obs.copy()
     for i in np.flatnonzero(infos.get("_final_obs", [])):
         real[i] = infos["final_obs"][i]
     return real
 
 
-def check_finite(name, value, step):
-    """Stop training on a NaN or infinite loss (never keep training on it)."""
-    if not torch.isfinite(value):
-        raise SystemExit(f"error: {name} became {value.item()} at env step {step}; stopping")
+def gradient_step(optimizer, loss, name=None, step=None):
+    """One optimizer step on `loss`; a named loss that is NaN or infinite stops training instead (never train on it)."""
+    if name is not None and not torch.isfinite(loss):
+        raise SystemExit(f"error: {name} became {loss.item()} at env step {step}; stopping")
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
 
 
 # ============ ALGORITHM: networks, policy, losses ============
@@ -294,11 +286,8 @@ class ReplayBuffer:
 
     def __init__(self, size, obs_dim, action_shape, device):
         self.size, self.device, self.pos, self.full = size, device, 0, False
-        self.obs = np.zeros((size, obs_dim), np.float32)
-        self.next_obs = np.zeros((size, obs_dim), np.float32)
-        self.actions = np.zeros((size, *action_shape), np.float32)
-        self.rewards = np.zeros(size, np.float32)
-        self.terminated = np.zeros(size, np.float32)
+        for field, shape in zip(self.fields, [(obs_dim,), (obs_dim,), action_shape, (), ()], strict=True):
+            setattr(self, field, np.zeros((size, *shape), np.float32))
 
     def add(self, obs, next_obs, actions, rewards, terminated):
         for i in range(len(obs)):
@@ -320,11 +309,8 @@ def sample_steps(batch_size, diffusion_steps, last_step_share, device):
 
 
 def critic_target(batch, k, chain, log_ratios, actor, qf1_target, qf2_target, alpha, gamma):
-    """Soft targets of the DA transitions from the current chain x'_0..x'_K at s' and its l'_0..l'_{K-1}, a' = tanh(x'_K):
-
-    k = K-1, the env step (s, a):        y = r + gamma (1 - terminated) [min_i Qbar_i(s', a', K-1) - alpha (sum_j l'_j - H_prior)]
-    k < K-1, in the chain (s', x'_{k+1}): y = min_i Qbar_i(s', a', K-1) - alpha (l'_{k+1} + ... + l'_{K-1})
-    """
+    """Soft targets y of the DA transitions (module docstring) from the current chain x'_0..x'_K at s' and its l'_0..l'_{K-1};
+    in the chain, y is the soft Bellman backup of the chain continued from x'_{k+1}, so only the env-step critic bootstraps."""
     with torch.no_grad():
         next_obs, next_action = batch["next_obs"], torch.tanh(chain[:, -1])
         k_last = torch.full_like(k, actor.diffusion_steps - 1)
@@ -365,25 +351,23 @@ def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=Non
     env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
     if video_dir:
         env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda _: True, disable_logger=True)
-    returns = []
+    returns = np.zeros(episodes)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the sampler noise: seeded by `seed` alone
         torch.manual_seed(seed)
         for episode in range(episodes):
             obs, _ = env.reset(seed=seed + episode)
-            done, episode_return = False, 0.0
-            while not done:
+            terminated = truncated = False
+            while not (terminated or truncated):
                 with torch.no_grad():
                     action = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)[0]
                 obs, reward, terminated, truncated, _ = env.step(to_env(action[0].cpu().numpy(), env.action_space))
-                episode_return += float(reward)
-                done = terminated or truncated
-            returns.append(episode_return)
+                returns[episode] += float(reward)
     env.close()
-    return np.array(returns)
+    return returns
 
 
 def load_actor(path, device):
-    """Rebuilds the actor of a checkpoint written by --save-model; returns it and the run's Args."""
+    """Rebuilds the actor of a checkpoint written by --save-model; returns it, the run's Args and its env steps."""
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=False)
     except Exception as error:  # missing, unreadable, or not a torch file
@@ -406,9 +390,8 @@ if __name__ == "__main__":
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     if args.cuda and not torch.cuda.is_available():
         print("--cuda: no GPU is visible, so the run uses the CPU")
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    for seed_rng in (random.seed, np.random.seed, torch.manual_seed):
+        seed_rng(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
 
     if args.evaluate_checkpoint is not None:
@@ -419,13 +402,11 @@ if __name__ == "__main__":
         raise SystemExit(0)
 
     run_name = f"{args.env_id.replace(':', '_').replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.join("runs", run_name)
-    for copy in range(2, 1000):  # a run started in the same second under the same name gets its own folder, name_2...
-        try:
+    for copy in range(1, 1000):  # a run started in the same second under the same name gets its own folder, name_2...
+        run_dir = os.path.join("runs", run_name if copy == 1 else f"{run_name}_{copy}")
+        with contextlib.suppress(FileExistsError):
             os.makedirs(run_dir)
             break
-        except FileExistsError:
-            run_dir = os.path.join("runs", f"{run_name}_{copy}")
     run_name = os.path.basename(run_dir)
     writer = SummaryWriter(run_dir)
     if args.track:
@@ -444,15 +425,13 @@ if __name__ == "__main__":
         metrics_file.write(json.dumps({"step": step, "time": round(time.time() - start_time, 2), **scalars}) + "\n")
         metrics_file.flush()
 
-    envs = gym.vector.SyncVectorEnv(
-        [make_env(args.env_id, args.seed + i) for i in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
+    env_fns = [lambda i=i: make_env(args.env_id, args.seed + i) for i in range(args.num_envs)]
+    envs = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)  # see real_next_obs
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
 
     actor = make_actor(obs_dim, action_dim, args).to(device)
-    qf1, qf2 = (SoftQNetwork(obs_dim, action_dim, args.hidden_dim, args.diffusion_steps).to(device) for _ in range(2))
-    qf1_target, qf2_target = (SoftQNetwork(obs_dim, action_dim, args.hidden_dim, args.diffusion_steps).to(device) for _ in range(2))
+    critics = [SoftQNetwork(obs_dim, action_dim, args.hidden_dim, args.diffusion_steps).to(device) for _ in range(4)]
+    qf1, qf2, qf1_target, qf2_target = critics
     qf1_target.load_state_dict(qf1.state_dict())
     qf2_target.load_state_dict(qf2.state_dict())
     q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr)
@@ -465,8 +444,7 @@ if __name__ == "__main__":
 
     rb = ReplayBuffer(args.buffer_size, obs_dim, (action_dim,), device)
     obs, _ = envs.reset(seed=args.seed)
-    recent_returns, last_log, next_eval = [], 0, args.eval_frequency
-    last_print, last_print_step = start_time, 0
+    recent_returns, last_log, next_eval, last_print, last_print_step = [], 0, args.eval_frequency, start_time, 0
     num_iterations = args.total_timesteps // args.num_envs
     stop = []  # Ctrl-C or SIGTERM: finish the iteration, then save and exit; a second one exits at once
 
@@ -478,19 +456,18 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     for iteration in range(1, num_iterations + 1):
-        global_step = iteration * args.num_envs
+        global_step, final = iteration * args.num_envs, iteration == num_iterations
         if global_step <= args.learning_starts:
             actions = np.random.uniform(-1, 1, (args.num_envs, action_dim)).astype(np.float32)
         else:
             with torch.no_grad():
                 actions = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device))[0].cpu().numpy()
         next_obs, rewards, terminations, truncations, infos = envs.step(to_env(actions, envs.single_action_space))
-
         for i in np.flatnonzero(infos.get("_final_info", [])):
             episode = infos["final_info"]["episode"]
             recent_returns = (recent_returns + [float(episode["r"][i])])[-10:]
             log_scalars(global_step, {"charts/episodic_return": float(episode["r"][i]), "charts/episodic_length": int(episode["l"][i])})
-        rb.add(obs, real_next_obs(next_obs, infos), actions, rewards, terminations)
+        rb.add(obs, real_next_obs(next_obs, infos), actions, rewards, terminations)  # truncation keeps bootstrapping
         obs = next_obs
 
         if global_step > args.learning_starts:
@@ -498,28 +475,15 @@ if __name__ == "__main__":
                 batch = rb.sample(args.batch_size)
                 alpha = log_alpha.exp().item()
                 k = sample_steps(args.batch_size, args.diffusion_steps, args.last_step_share, device)
-                with torch.no_grad():  # the current chain at s', for the targets and the in-chain transitions
+                with torch.no_grad():  # a sample of the current policy at the replayed s'
                     _, chain, log_ratios = actor.sample(batch["next_obs"])
                 qf_loss, qf1_values = critic_loss(batch, k, chain, log_ratios, actor, qf1, qf2, qf1_target, qf2_target, alpha, args.gamma)
-                check_finite("qf_loss", qf_loss, global_step)
-                q_optimizer.zero_grad()
-                qf_loss.backward()
-                q_optimizer.step()
-
+                gradient_step(q_optimizer, qf_loss, "qf_loss", global_step)
                 policy_loss = actor_loss(batch, k, chain, actor, qf1, qf2, alpha)
-                check_finite("actor_loss", policy_loss, global_step)
-                actor_optimizer.zero_grad()
-                policy_loss.backward()
-                actor_optimizer.step()
-
-                # a lower bound of the action's entropy: the prior's entropy minus the sum over the K steps of l_k
-                entropy = actor.prior_entropy() - log_ratios.sum(-1).mean()
+                gradient_step(actor_optimizer, policy_loss, "actor_loss", global_step)
+                entropy = actor.prior_entropy() - log_ratios.sum(-1).mean()  # H_hat, a lower bound of the action's entropy
                 if args.autotune:
-                    alpha_loss = temperature_loss(log_alpha, entropy, target_entropy)
-                    alpha_optimizer.zero_grad()
-                    alpha_loss.backward()
-                    alpha_optimizer.step()
-
+                    gradient_step(alpha_optimizer, temperature_loss(log_alpha, entropy, target_entropy))
                 with torch.no_grad():
                     for net, target in ((qf1, qf1_target), (qf2, qf2_target)):
                         for param, target_param in zip(net.parameters(), target.parameters(), strict=True):
@@ -527,30 +491,22 @@ if __name__ == "__main__":
 
             if global_step - last_log >= 1000:
                 last_log = global_step
-                log_scalars(
-                    global_step,
-                    {
-                        "losses/qf_loss": qf_loss.item() / 2,
-                        "losses/qf1_values": qf1_values.mean().item(),
-                        "losses/actor_loss": policy_loss.item(),
-                        "losses/alpha": log_alpha.exp().item(),
-                        "diffusion/entropy": entropy.item(),
-                        "diffusion/saturated_fraction": (chain[:, -1].tanh().abs() > 0.99).float().mean().item(),
-                        **{f"diffusion/eta_{j}": eta_j.item() for j, eta_j in enumerate(actor.eta().mean(-1))},
-                        "charts/SPS": int(global_step / (time.time() - start_time)),
-                    },
-                )
+                scalars = {"losses/qf_loss": qf_loss.item() / 2, "losses/qf1_values": qf1_values.mean().item()}
+                scalars |= {"losses/actor_loss": policy_loss.item(), "losses/alpha": log_alpha.exp().item()}
+                scalars["diffusion/entropy"] = entropy.item()
+                scalars["diffusion/saturated_fraction"] = (chain[:, -1].tanh().abs() > 0.99).float().mean().item()
+                scalars |= {f"diffusion/eta_{j}": eta_j.item() for j, eta_j in enumerate(actor.eta().mean(-1))}
+                log_scalars(global_step, scalars | {"charts/SPS": int(global_step / (time.time() - start_time))})
 
-        if global_step >= next_eval or iteration == num_iterations:
+        if global_step >= next_eval or final:
             next_eval += args.eval_frequency
-            final = iteration == num_iterations
             video_dir = os.path.join(run_dir, "videos") if final and args.capture_video else None
             returns = evaluate(actor, args.env_id, args.eval_episodes, args.seed + 10_000, args.eval_deterministic, device, video_dir)
             log_scalars(global_step, {"eval/episodic_return": float(returns.mean())})
             if final:
                 print(f"eval return {returns.mean():.2f} +- {returns.std():.2f} over {len(returns)} episodes at env step {global_step}")
 
-        if time.time() - last_print > 5 or iteration == num_iterations or global_step == args.learning_starts:
+        if time.time() - last_print > 5 or final or global_step == args.learning_starts:
             sps = (global_step - last_print_step) / (time.time() - last_print)  # recent speed, for the time left
             last_print, last_print_step = time.time(), global_step
             recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
@@ -567,8 +523,7 @@ if __name__ == "__main__":
         nets = {"actor": actor.state_dict(), "qf1": qf1.state_dict(), "qf2": qf2.state_dict(), "log_alpha": log_alpha.detach()}
         torch.save({"script": os.path.basename(__file__), "env_steps": global_step, "args": asdict(args), **nets}, model_path)
         print(f"model saved to {model_path} at env step {global_step}")
-    envs.close()
-    writer.close()
-    metrics_file.close()
+    for resource in (envs, writer, metrics_file):
+        resource.close()
     if stop:
         raise SystemExit(128 + stop[0])

@@ -11,13 +11,10 @@ entropy bonus in the reward (maximum-entropy RL) instead of in the loss, and a 2
     policy loss   E[max(-A rho, -A clip(rho, 1 - c, 1 + c))],  rho = N(x; mu_theta, sigma_theta) / N(x; mu_old, sigma_old)
     value loss    0.5 E[max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)],  R = A + V_old
 
-V is 256 wide (--critic-hidden-dim), the policy 64 wide as CleanRL's: the diffusion chain's V(s, x_k, k) depends
-on x_k too and needs the width most, and PPO learns faster with it too (benchmarks/results). A truncated env step adds
-gamma V(final observation) (on the DA-MDP at x_0 ~ prior, k = 0) to its reward and ends the trace. Observations
-are normalised by running statistics that the Agent keeps in front of the policy (saved with it; evaluation does
-not update them), rewards by the running std of the discounted return.
-
-`diff baselines/ppo.py diffppo.py` shows exactly what changes when the Gaussian becomes a diffusion chain.
+V is 256 wide (--critic-hidden-dim; CleanRL: 64), the policy 64: the chain's V(s, x_k, k) needs the width most, and PPO
+learns faster with it too. A truncated env step adds gamma V(final observation) (on the DA-MDP at x_0 ~ prior, k = 0)
+to its reward and ends the trace. Observations are normalised by the Agent's running statistics (saved with it, frozen
+in evaluation), rewards by the running std of the discounted return. `diff baselines/ppo.py diffppo.py` is the method.
 
 Run:  python baselines/ppo.py --env-id Hopper-v5 --total-timesteps 1000000
 """
@@ -60,7 +57,6 @@ class Args:
     """if toggled, the trained model is saved to `runs/{run_name}/model.pt`"""
     evaluate_checkpoint: str | None = None
     """path of a saved model.pt: evaluate it for `--eval-episodes` episodes (on the run's own evaluation seeds) instead of training"""
-
     env_id: str = "Hopper-v5"
     """the id of the gymnasium environment (continuous actions)"""
     total_timesteps: int = 1_000_000
@@ -102,25 +98,22 @@ class Args:
     normalize_reward: bool = True
     """if toggled, rewards are divided by the running std of the discounted return (clipped to [-10, 10])"""
     hidden_dim: int = 64
-    """width of the hidden layers of the policy network mu(s)"""
+    """width of the hidden layers of the policy network"""
     critic_hidden_dim: int = 256
-    """width of the hidden layers of the value network V(s) (CleanRL: 64; see the module docstring)"""
+    """width of the hidden layers of the value network (CleanRL: 64; see the module docstring)"""
 
 
-# ============ PLUMBING: the env, input checks, the NaN guard ============
+# ============ PLUMBING: the env, input checks, running statistics ============
 def to_env(squashed_action, space):
     """Maps tanh(x) in [-1, 1] to the env's bounds: a = low + (tanh(x) + 1) / 2 * (high - low)."""
     return space.low + (squashed_action + 1) / 2 * (space.high - space.low)
 
 
 def make_env(env_id, seed):
-    def thunk():
-        env = gym.make(env_id)
-        env = gym.wrappers.RecordEpisodeStatistics(env)
-        env.action_space.seed(seed)
-        return env
-
-    return thunk
+    """The env with episode statistics, its action space seeded (SyncVectorEnv calls it through a lambda)."""
+    env = gym.wrappers.RecordEpisodeStatistics(gym.make(env_id))
+    env.action_space.seed(seed)
+    return env
 
 
 def first_line(error):
@@ -134,10 +127,8 @@ def check_args(args):
         probe = gym.make(args.env_id)
     except Exception as error:
         raise SystemExit(f"error: cannot make --env-id {args.env_id!r}: {first_line(error)}") from None
-    if not isinstance(probe.action_space, gym.spaces.Box):
-        raise SystemExit(
-            f"error: --env-id {args.env_id!r} has action space {probe.action_space}; only continuous (Box) actions are supported"
-        )
+    if not isinstance(space := probe.action_space, gym.spaces.Box):
+        raise SystemExit(f"error: --env-id {args.env_id!r} has action space {space}; only continuous (Box) actions are supported")
     probe.close()
     rules = [("seed", "must lie in [0, 2**31)", 0 <= args.seed < 2**31), ("eval_episodes", "must be at least 1", args.eval_episodes >= 1)]
     if args.evaluate_checkpoint is None:
@@ -152,12 +143,6 @@ def check_args(args):
     for name, rule, holds in rules:
         if not holds:
             raise SystemExit(f"error: --{name.replace('_', '-')} {rule}, got {getattr(args, name)}")
-
-
-def check_finite(name, value, step):
-    """Stop training on a NaN or infinite loss (never keep training on it)."""
-    if not torch.isfinite(value):
-        raise SystemExit(f"error: {name} became {value.item()} at env step {step}; stopping")
 
 
 class RunningMeanStd(nn.Module):
@@ -198,11 +183,6 @@ def gaussian_log_prob(y, mean, std):
     return (-((y - mean) ** 2) / (2 * std**2) - torch.log(std) - 0.5 * np.log(2 * np.pi)).sum(-1)
 
 
-def tanh_log_det(x):
-    """log|d tanh(x)/dx| = sum_d log(1 - tanh(x_d)^2) = sum_d 2 (log 2 - x_d - softplus(-2 x_d)), numerically stable."""
-    return 2 * (np.log(2.0) - x - F.softplus(-2 * x)).sum(-1)
-
-
 class ValueNetwork(nn.Module):
     """V(s) on the normalised observation."""
 
@@ -231,8 +211,8 @@ class Actor(nn.Module):
         """tanh(x), x ~ N(mu(s), sigma^2) (deterministic: x = mu(s)) and log pi(a|s) of the squashed action."""
         mean, std = self.kernel(obs)
         x = mean if deterministic else mean + std * torch.randn_like(mean)
-        # the tanh log-det cancels in the ratio, not in the entropy bonus
-        return torch.tanh(x), x, gaussian_log_prob(x, mean, std) - tanh_log_det(x)
+        # log pi subtracts the tanh log-det sum_d 2 (log 2 - x - softplus(-2x)); it cancels in the ratio, not in the bonus
+        return torch.tanh(x), x, gaussian_log_prob(x, mean, std) - 2 * (np.log(2.0) - x - F.softplus(-2 * x)).sum(-1)
 
 
 class Agent(nn.Module):
@@ -249,11 +229,9 @@ class Agent(nn.Module):
 
 
 def compute_gae(rewards, values, dones, last_value, gamma, gae_lambda):
-    """GAE over a rollout of shape (T, N): A_t = delta_t + gamma_t lambda_t (1 - done_t) A_{t+1}.
-
-    delta_t = r_t + gamma_t (1 - done_t) V_{t+1} - V_t, with V_T = last_value; done_t ends the episode after step t.
-    gamma and gae_lambda are numbers, or per-step (T, 1) tensors on the DA-MDP (diffppo.py's da_mdp_sequence).
-    """
+    """GAE over a rollout (T, N): A_t = delta_t + gamma_t lambda_t (1 - done_t) A_{t+1}, with V_T = last_value and
+    delta_t = r_t + gamma_t (1 - done_t) V_{t+1} - V_t; done_t ends the episode after step t. gamma and gae_lambda are
+    numbers, or per-step (T, 1) tensors on the DA-MDP (diffppo.py's da_mdp_sequence)."""
     not_done = 1.0 - dones
     deltas = rewards + gamma * not_done * torch.cat([values[1:], last_value[None]]) - values
     decay = (gamma * gae_lambda * not_done).cpu().numpy()
@@ -270,8 +248,8 @@ def policy_loss(policy, batch, clip_coef, norm_adv):
     advantages = batch["advantages"]
     if norm_adv:
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-    surrogate = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef))
-    return surrogate.mean(), ratio
+    unclipped, clipped = -advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)
+    return torch.max(unclipped, clipped).mean(), ratio
 
 
 def value_loss(critic, batch, clip_coef, clip_vloss):
@@ -285,6 +263,7 @@ def value_loss(critic, batch, clip_coef, clip_vloss):
 
 
 # ============ EVALUATION AND CHECKPOINTS ============
+@torch.no_grad()
 def evaluate(agent, env_id, episodes, seed, deterministic, device, video_dir=None):
     """Undiscounted returns of `episodes` episodes, env and sampler seeded seed, seed+1, ...; observation statistics frozen."""
     env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
@@ -297,11 +276,9 @@ def evaluate(agent, env_id, episodes, seed, deterministic, device, video_dir=Non
             obs, _ = env.reset(seed=seed + episode)
             done, episode_return = False, 0.0
             while not done:
-                with torch.no_grad():
-                    action = agent.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)[0]
+                action = agent.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)[0]
                 obs, reward, terminated, truncated, _ = env.step(to_env(action[0].cpu().numpy(), env.action_space))
-                episode_return += float(reward)
-                done = terminated or truncated
+                episode_return, done = episode_return + float(reward), terminated or truncated
             returns.append(episode_return)
     env.close()
     return np.array(returns)
@@ -313,9 +290,8 @@ def load_actor(path, device):
         checkpoint = torch.load(path, map_location=device, weights_only=False)
     except Exception as error:  # missing, unreadable, or not a torch file
         raise SystemExit(f"error: cannot load --evaluate-checkpoint {path}: {first_line(error)}") from None
-    script = os.path.basename(__file__)
     written_by = checkpoint.get("script", "another program") if isinstance(checkpoint, dict) else "another program"
-    if written_by != script:
+    if written_by != (script := os.path.basename(__file__)):
         raise SystemExit(f"error: --evaluate-checkpoint {path} was written by {written_by}, not by {script}")
     saved = Args(**checkpoint["args"])
     env = gym.make(saved.env_id)
@@ -369,47 +345,32 @@ if __name__ == "__main__":
         metrics_file.write(json.dumps({"step": step, "time": round(time.time() - start_time, 2), **scalars}) + "\n")
         metrics_file.flush()
 
-    envs = gym.vector.SyncVectorEnv(
-        [make_env(args.env_id, args.seed + i) for i in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
-    obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
-
     N = args.num_envs
+    env_fns = [lambda i=i: make_env(args.env_id, args.seed + i) for i in range(N)]
+    envs = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
     agent = Agent(obs_dim, action_dim, args).to(device)
     critic = ValueNetwork(obs_dim, args.critic_hidden_dim).to(device)
     optimizer = torch.optim.Adam(list(agent.parameters()) + list(critic.parameters()), lr=args.learning_rate, eps=1e-5)
     reward_rms = RunningMeanStd().to(device)
-
-    # rollout storage, one row per env step
-    env_steps_per_env = args.total_timesteps // N
-    num_iterations = env_steps_per_env // args.num_steps
-    leftover = env_steps_per_env % args.num_steps  # the last rollout also takes the steps left over
-    max_steps = args.num_steps + leftover
-    obs_buf = torch.zeros(max_steps, N, obs_dim, device=device)
-    x_buf = torch.zeros(max_steps, N, action_dim, device=device)
-    log_pi_buf, values_buf = (torch.zeros(max_steps, N, device=device) for _ in range(2))
-    rewards_buf, dones_buf = (torch.zeros(max_steps, N, device=device) for _ in range(2))
-
+    num_iterations, leftover = divmod(args.total_timesteps // N, args.num_steps)  # the last rollout takes the rest
+    # rollout storage, one row per env step, allocated per rollout
+    buffer_shapes = [(N, obs_dim), (N, action_dim), (N,), (N,), (N,), (N,)]
     obs, _ = envs.reset(seed=args.seed)
     discounted_return = torch.zeros(N, dtype=torch.float64, device=device)
-    global_step, recent_returns, next_eval = 0, [], args.eval_frequency
-    last_print, last_print_step = start_time, 0
+    global_step, recent_returns, next_eval, last_print, last_print_step = 0, [], args.eval_frequency, start_time, 0
     stop = []  # Ctrl-C or SIGTERM: finish the iteration, then save and exit; a second one exits at once
-
-    def request_stop(signum, frame):
-        if stop:
-            raise KeyboardInterrupt
-        stop.append(signum)
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # the second signal raises KeyboardInterrupt
+        signal.signal(signum, lambda signum, frame: signal.default_int_handler(signum, frame) if stop else stop.append(signum))
     for iteration in range(1, num_iterations + 1):
-        num_steps = args.num_steps + (leftover if iteration == num_iterations else 0)
+        final = iteration == num_iterations
+        num_steps = args.num_steps + (leftover if final else 0)
+        obs_buf, x_buf, log_pi_buf, values_buf, rewards_buf, dones_buf = (
+            torch.zeros(num_steps, *shape, device=device) for shape in buffer_shapes
+        )
         if args.anneal_lr:
             frac = 1.0 - (iteration - 1.0) / num_iterations
             optimizer.param_groups[0]["lr"] = frac * args.learning_rate
-
         for step in range(num_steps):
             global_step += N
             obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=device)
@@ -420,7 +381,6 @@ if __name__ == "__main__":
                 values_buf[step] = critic(obs_norm)
             next_obs, rewards, terminations, truncations, infos = envs.step(to_env(action.cpu().numpy(), envs.single_action_space))
             obs_buf[step], x_buf[step], log_pi_buf[step] = obs_norm, x, log_pi
-
             rewards = torch.as_tensor(rewards, device=device)
             dones = torch.as_tensor(terminations | truncations, dtype=torch.float32, device=device)
             if args.normalize_reward:
@@ -438,7 +398,6 @@ if __name__ == "__main__":
                     final_obs = agent.obs_rms.normalize(torch.as_tensor(final_obs, dtype=torch.float32, device=device))
                     rewards = rewards + truncated * args.gamma * critic(final_obs)
             rewards_buf[step], dones_buf[step] = rewards.float(), dones
-
             for i in np.flatnonzero(infos.get("_final_info", [])):
                 episode = infos["final_info"]["episode"]
                 recent_returns = (recent_returns + [float(episode["r"][i])])[-10:]
@@ -446,31 +405,27 @@ if __name__ == "__main__":
             obs = next_obs
 
         # the entropy bonus enters as a reward: soft reward = r - eps log pi(a|s)
-        soft_rewards = rewards_buf[:num_steps] - args.ent_coef * log_pi_buf[:num_steps]
-        values = values_buf[:num_steps]
+        soft_rewards = rewards_buf - args.ent_coef * log_pi_buf
+        values = values_buf
         with torch.no_grad():
             last_value = critic(agent.obs_rms.normalize(torch.as_tensor(obs, dtype=torch.float32, device=device)))
-        advantages = compute_gae(soft_rewards, values, dones_buf[:num_steps], last_value, args.gamma, args.gae_lambda)
-        batch = {
-            "obs": obs_buf[:num_steps].reshape(-1, obs_dim),
-            "x": x_buf[:num_steps].reshape(-1, action_dim),
-            "values": values.reshape(-1),
-            "advantages": advantages.reshape(-1),
-            "returns": (advantages + values).reshape(-1),
-        }
-        with torch.no_grad():  # log N(x; mu_old, sigma_old) of every step of the rollout, in one call
+        advantages = compute_gae(soft_rewards, values, dones_buf, last_value, args.gamma, args.gae_lambda)
+        batch = {"obs": obs_buf.reshape(-1, obs_dim), "x": x_buf.reshape(-1, action_dim)}
+        batch |= {"values": values.reshape(-1), "advantages": advantages.reshape(-1)}
+        batch["returns"] = (advantages + values).reshape(-1)
+        with torch.no_grad():  # the old policy's log-density of every step of the rollout, in one call
             mean, std = agent.policy.kernel(batch["obs"])
             batch["log_prob"] = gaussian_log_prob(batch["x"], mean, std)
 
-        batch_size = num_steps * N
         clip_fractions = []
         for _ in range(args.update_epochs):
-            for indices in torch.randperm(batch_size, device=device).tensor_split(args.num_minibatches):
+            for indices in torch.randperm(len(batch["obs"]), device=device).tensor_split(args.num_minibatches):
                 minibatch = {key: value[indices] for key, value in batch.items()}
                 pg_loss, ratio = policy_loss(agent.policy, minibatch, args.clip_coef, args.norm_adv)
                 v_loss = value_loss(critic, minibatch, args.clip_coef, args.clip_vloss)
                 loss = pg_loss + args.vf_coef * v_loss
-                check_finite("loss", loss, global_step)
+                if not torch.isfinite(loss):  # the NaN guard: never keep training on a NaN or infinite loss
+                    raise SystemExit(f"error: loss became {loss.item()} at env step {global_step}; stopping")
                 optimizer.zero_grad()
                 loss.backward()
                 nn.utils.clip_grad_norm_(list(agent.parameters()) + list(critic.parameters()), args.max_grad_norm)
@@ -480,33 +435,23 @@ if __name__ == "__main__":
                     clip_fractions.append(((ratio - 1).abs() > args.clip_coef).float().mean().item())
 
         explained_variance = 1 - (batch["returns"] - batch["values"]).var() / batch["returns"].var()
-        log_scalars(
-            global_step,
-            {
-                "charts/learning_rate": optimizer.param_groups[0]["lr"],
-                "losses/value_loss": v_loss.item(),
-                "losses/policy_loss": pg_loss.item(),
-                "losses/approx_kl": approx_kl.item(),
-                "losses/clipfrac": float(np.mean(clip_fractions)),
-                "losses/explained_variance": explained_variance.item(),
-                "policy/eps": args.ent_coef,
-                "policy/entropy": -log_pi_buf[:num_steps].mean().item(),
-                "policy/std": agent.policy.log_std.exp().mean().item(),
-                "policy/saturated_fraction": (torch.tanh(batch["x"]).abs() > 0.99).float().mean().item(),
-                "charts/SPS": int(global_step / (time.time() - start_time)),
-            },
-        )
+        scalars = {"charts/learning_rate": optimizer.param_groups[0]["lr"], "losses/value_loss": v_loss.item()}
+        scalars |= {"losses/policy_loss": pg_loss.item(), "losses/approx_kl": approx_kl.item()}
+        scalars |= {"losses/clipfrac": float(np.mean(clip_fractions)), "losses/explained_variance": explained_variance.item()}
+        scalars |= {"policy/eps": args.ent_coef, "policy/entropy": -log_pi_buf.mean().item()}
+        scalars["policy/std"] = agent.policy.log_std.exp().mean().item()
+        scalars["policy/saturated_fraction"] = (torch.tanh(batch["x"]).abs() > 0.99).float().mean().item()
+        log_scalars(global_step, scalars | {"charts/SPS": int(global_step / (time.time() - start_time))})
 
-        if global_step >= next_eval or iteration == num_iterations:
+        if global_step >= next_eval or final:
             next_eval = (global_step // args.eval_frequency + 1) * args.eval_frequency
-            final = iteration == num_iterations
             video_dir = os.path.join(run_dir, "videos") if final and args.capture_video else None
             returns = evaluate(agent, args.env_id, args.eval_episodes, args.seed + 10_000, args.eval_deterministic, device, video_dir)
             log_scalars(global_step, {"eval/episodic_return": float(returns.mean())})
             if final:
                 print(f"eval return {returns.mean():.2f} +- {returns.std():.2f} over {len(returns)} episodes at env step {global_step}")
 
-        if time.time() - last_print > 5 or iteration == num_iterations:
+        if time.time() - last_print > 5 or final:
             sps = (global_step - last_print_step) / (time.time() - last_print)  # recent speed, for the time left
             last_print, last_print_step = time.time(), global_step
             recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
@@ -524,8 +469,7 @@ if __name__ == "__main__":
         nets = {"actor": agent.state_dict(), "critic": critic.state_dict(), "reward_rms": reward_rms.state_dict()}  # actor: with obs_rms
         torch.save({"script": os.path.basename(__file__), "env_steps": global_step, "args": asdict(args), **nets}, model_path)
         print(f"model saved to {model_path} at env step {global_step}")
-    envs.close()
-    writer.close()
-    metrics_file.close()
+    for resource in (envs, writer, metrics_file):
+        resource.close()
     if stop:
         raise SystemExit(128 + stop[0])

@@ -1,8 +1,7 @@
 """REPPO: Relative Entropy Pathwise Policy Optimization (arXiv 2507.11019), tanh-Gaussian policy.
 
-The Gaussian twin of da_mdp_reppo.py. REPPO is on-policy like PPO (parallel envs, short rollouts,
-a few epochs of minibatch updates, then the data is thrown away), but its policy gradient is
-pathwise, through a soft Q function learned from those rollouts alone:
+The Gaussian twin of da_mdp_reppo.py. REPPO is on-policy like PPO (parallel envs, short rollouts, a few epochs of
+minibatch updates, data then dropped), but its gradient is pathwise, through a soft Q learned from those rollouts alone:
 
     x ~ N(mu(s), sigma(s)^2),   a = low + (tanh(x) + 1) / 2 * (high - low),   log pi(a|s) with tanh's log-det
     critic target  soft TD(lambda), per rollout, a' ~ pi(.|s') sampled afresh at every next state:
@@ -15,10 +14,8 @@ pathwise, through a soft Q function learned from those rollouts alone:
     temperature    loss alpha * stopgrad(H_hat - H_target),  H_hat = -mean(log pi),  H_target = -c A
     KL multiplier  loss -beta * stopgrad(mean KL - kl_bound): beta grows while the mean KL is over the bound
 
-Observations are normalised by running statistics (the Agent puts the normaliser in front of the policy and
-saves both); rewards are divided by the running std of the discounted return, so the critic's value range
-[-value_bound, value_bound] is in units of the task's own return scale. `diff baselines/reppo.py da_mdp_reppo.py` shows what the diffusion
-chain changes.
+Observations are normalised by running statistics, saved with the policy; rewards are divided by the running std of the
+discounted return, so the critic's range [-value_bound, value_bound] is in units of the task's own return scale.
 
 Run:  python baselines/reppo.py --env-id Hopper-v5 --total-timesteps 1000000
 """
@@ -61,7 +58,6 @@ class Args:
     """if toggled, the trained model is saved to `runs/{run_name}/model.pt`"""
     evaluate_checkpoint: str | None = None
     """path of a saved model.pt: evaluate it for `--eval-episodes` episodes (on the run's own evaluation seeds) instead of training"""
-
     env_id: str = "Hopper-v5"
     """the id of the gymnasium environment (continuous actions)"""
     total_timesteps: int = 1_000_000
@@ -115,12 +111,9 @@ def to_env(squashed_action, space):
 
 
 def make_env(env_id, seed):
-    def thunk():
-        env = gym.wrappers.RecordEpisodeStatistics(gym.make(env_id))
-        env.action_space.seed(seed)
-        return env
-
-    return thunk
+    env = gym.wrappers.RecordEpisodeStatistics(gym.make(env_id))
+    env.action_space.seed(seed)
+    return env
 
 
 def first_line(error):
@@ -144,9 +137,8 @@ def check_args(args):
         positive = "total_timesteps eval_frequency learning_rate dual_learning_rate max_grad_norm hidden_dim value_bound alpha_init"
         rules += [(name, "must be positive", getattr(args, name) > 0) for name in (positive + " kl_bound beta_init").split()]
         rules += [(name, "must lie in [0, 1]", 0 <= getattr(args, name) <= 1) for name in ("gamma", "td_lambda")]
-        at_least_1 = ("num_envs", "num_steps", "num_minibatches", "update_epochs")
-        rules += [(name, "must be at least 1", getattr(args, name) >= 1) for name in at_least_1]
-        rules += [("num_bins", "must be at least 2", args.num_bins >= 2)]
+        minimum = {"num_envs": 1, "num_steps": 1, "num_minibatches": 1, "update_epochs": 1, "num_bins": 2}
+        rules += [(name, f"must be at least {low}", getattr(args, name) >= low) for name, low in minimum.items()]
     for name, rule, holds in rules:
         if not holds:
             raise SystemExit(f"error: --{name.replace('_', '-')} {rule}, got {getattr(args, name)}")
@@ -158,18 +150,21 @@ def check_args(args):
 
 
 def real_next_obs(next_obs, infos):
-    """The true s' of a vector env step with SAME_STEP autoreset: a finished env returns its reset observation and
-    keeps the episode's last one in infos["final_obs"]."""
+    """The true s' of a SAME_STEP-autoreset vector step: a finished env returns its reset obs, its last in final_obs."""
     real, finished = next_obs.copy(), infos.get("_final_obs", np.zeros(len(next_obs), bool))
     if finished.any():
         real[finished] = np.stack(infos["final_obs"][finished])
     return real
 
 
-def check_finite(name, value, step):
-    """Stop training on a NaN or infinite loss (never keep training on it)."""
-    if not torch.isfinite(value):
-        raise SystemExit(f"error: {name} became {value.item()} at env step {step}; stopping")
+def gradient_step(name, loss, optimizer, parameters, max_grad_norm, step):
+    """One clipped gradient step on loss; a NaN or infinite loss stops training instead (never trains on it)."""
+    if not torch.isfinite(loss):
+        raise SystemExit(f"error: {name} became {loss.item()} at env step {step}; stopping")
+    optimizer.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+    optimizer.step()
 
 
 # ============ ALGORITHM: networks, policy, losses ============
@@ -205,8 +200,7 @@ class ReturnNormalizer:
     """Rewards divided by the running std of the discounted return sum_t gamma^t r_t (PPO's reward scaling)."""
 
     def __init__(self, num_envs, gamma):
-        self.gamma, self.returns = gamma, np.zeros(num_envs)
-        self.mean, self.var, self.count = 0.0, 1.0, 1e-4
+        self.gamma, self.returns, self.mean, self.var, self.count = gamma, np.zeros(num_envs), 0.0, 1.0, 1e-4
 
     def update(self, rewards, dones):
         self.returns = self.returns * self.gamma + rewards
@@ -221,11 +215,8 @@ class ReturnNormalizer:
 
 
 def hl_gauss(values, edges):
-    """HL-Gauss target distributions (B, bins): N(value, sigma^2) integrated over each bin, sigma = 0.75 bin widths;
-    values outside the support are clipped to its ends, and the mass beyond the two outer edges is renormalised away."""
-    sigma = 0.75 * (edges[1] - edges[0])
-    values = values.clamp(edges[0], edges[-1])
-    cdf = torch.special.ndtr((edges - values[:, None]) / sigma)
+    """HL-Gauss targets (B, bins): N(clipped value, (0.75 bin widths)^2) integrated over each bin, renormalised."""
+    cdf = torch.special.ndtr((edges - values.clamp(edges[0], edges[-1])[:, None]) / (0.75 * (edges[1] - edges[0])))
     return (cdf[:, 1:] - cdf[:, :-1]) / (cdf[:, -1:] - cdf[:, :1])
 
 
@@ -240,9 +231,8 @@ class SoftQNetwork(nn.Module):
     def logits(self, obs, action):
         return self.net(torch.cat([obs, action], -1))
 
-    def forward(self, obs, action):
-        centres = (self.edges[1:] + self.edges[:-1]) / 2
-        return torch.softmax(self.logits(obs, action), -1) @ centres
+    def forward(self, *inputs):
+        return torch.softmax(self.logits(*inputs), -1) @ ((self.edges[1:] + self.edges[:-1]) / 2)
 
 
 class Actor(nn.Module):
@@ -253,15 +243,13 @@ class Actor(nn.Module):
         self.net = mlp(obs_dim, 2 * action_dim, hidden_dim)
 
     def dist(self, obs):
-        """Mean and std of the pre-tanh Gaussian at normalised observations."""
+        """Mean and std of the pre-tanh Gaussian; its log std is squashed into [-5, 2], as in CleanRL's SAC."""
         mean, log_std = self.net(obs).chunk(2, -1)
-        log_std = -5.0 + 3.5 * (torch.tanh(log_std) + 1)  # log std squashed into [-5, 2], as in CleanRL's SAC
-        return mean, log_std.exp()
+        return mean, (-5.0 + 3.5 * (torch.tanh(log_std) + 1)).exp()
 
     def log_prob(self, x, mean, std):
         """log pi(tanh(x)|s) = log N(x; mean, std) - sum_d log(1 - tanh(x_d)^2)."""
-        # log(1 - tanh(x)^2) = 2 * (log 2 - x - softplus(-2x)), the numerically stable form
-        log_det = 2 * (np.log(2.0) - x - F.softplus(-2 * x))
+        log_det = 2 * (np.log(2.0) - x - F.softplus(-2 * x))  # log(1 - tanh(x)^2), in its numerically stable form
         return (torch.distributions.Normal(mean, std).log_prob(x) - log_det).sum(-1)
 
     def sample(self, obs, deterministic=False):
@@ -294,9 +282,7 @@ def gaussian_kl(mean_old, std_old, mean, std):
 
 def td_lambda_targets(rewards, next_q, next_log_pi, terminated, truncated, alpha, gamma, td_lambda):
     """Soft TD(lambda) targets G (T, N) of one rollout (the module docstring's critic target), backwards in time.
-
-    rewards, next_q, next_log_pi (log pi(a'|s'_t)), terminated and truncated are (T, N).
-    """
+    rewards, next_q, next_log_pi (log pi(a'|s'_t)), terminated and truncated are (T, N)."""
     targets = torch.zeros_like(rewards)
     for t in reversed(range(len(rewards))):
         continuation = next_q[t]
@@ -308,10 +294,8 @@ def td_lambda_targets(rewards, next_q, next_log_pi, terminated, truncated, alpha
 
 def critic_loss(batch, qf):
     """Cross-entropy of the critic's logits to the HL-Gauss distributions of the targets; also returns Q."""
-    logits = qf.logits(batch["obs"], torch.tanh(batch["x"]))
-    target_probs = hl_gauss(batch["targets"], qf.edges)
-    with torch.no_grad():
-        q_values = torch.softmax(logits, -1) @ ((qf.edges[1:] + qf.edges[:-1]) / 2)
+    logits, target_probs = qf.logits(batch["obs"], torch.tanh(batch["x"])), hl_gauss(batch["targets"], qf.edges)
+    q_values = torch.softmax(logits.detach(), -1) @ ((qf.edges[1:] + qf.edges[:-1]) / 2)
     return -(target_probs * F.log_softmax(logits, -1)).sum(-1).mean(), q_values
 
 
@@ -326,13 +310,8 @@ def actor_loss(batch, actor, qf, alpha, beta, kl_bound):
     return loss.mean(), log_pi, kl
 
 
-def dual_losses(log_alpha, log_beta, entropy, target_entropy, kl, kl_bound):
-    """alpha * stopgrad(H_hat - H_target) and -beta * stopgrad(mean KL - kl_bound): gradient descent raises each
-    multiplier while its constraint is violated (entropy below target, KL above bound)."""
-    return log_alpha.exp() * (entropy.detach() - target_entropy), -log_beta.exp() * (kl.detach().mean() - kl_bound)
-
-
 # ============ EVALUATION AND CHECKPOINTS ============
+@torch.no_grad()
 def evaluate(agent, env_id, episodes, seed, deterministic, device, video_dir=None):
     """Undiscounted returns of `episodes` episodes on a fresh env, env and sampler seeded seed, seed+1, ..."""
     env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
@@ -342,15 +321,12 @@ def evaluate(agent, env_id, episodes, seed, deterministic, device, video_dir=Non
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the sampler noise: seeded by `seed` alone
         torch.manual_seed(seed)
         for episode in range(episodes):
-            obs, _ = env.reset(seed=seed + episode)
-            done, episode_return = False, 0.0
-            while not done:
-                with torch.no_grad():
-                    action = agent.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)[0]
+            (obs, _), terminated, truncated = env.reset(seed=seed + episode), False, False
+            returns.append(0.0)
+            while not (terminated or truncated):
+                action = agent.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)[0]
                 obs, reward, terminated, truncated, _ = env.step(to_env(action[0].cpu().numpy(), env.action_space))
-                episode_return += float(reward)
-                done = terminated or truncated
-            returns.append(episode_return)
+                returns[-1] += float(reward)
     env.close()
     return np.array(returns)
 
@@ -384,7 +360,6 @@ if __name__ == "__main__":
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-
     if args.evaluate_checkpoint is not None:
         agent, saved, env_steps = load_actor(args.evaluate_checkpoint, device)
         returns = evaluate(agent, saved.env_id, args.eval_episodes, saved.seed + 10_000, args.eval_deterministic, device)
@@ -408,23 +383,22 @@ if __name__ == "__main__":
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=asdict(args), name=run_name)
     with open(os.path.join(run_dir, "args.json"), "w") as f:
         json.dump(asdict(args), f, indent=2)
-    metrics_file = open(os.path.join(run_dir, "metrics.jsonl"), "a")
-    start_time = time.time()
+    metrics_file, start_time = open(os.path.join(run_dir, "metrics.jsonl"), "a"), time.time()
 
-    def log_scalars(step, scalars):
-        """Writes scalars to TensorBoard and, one JSON line per call, to metrics.jsonl."""
+    def log_scalars(step, scalars):  # to TensorBoard and, one JSON line per call, to metrics.jsonl
         for tag, value in scalars.items():
             writer.add_scalar(tag, value, step)
-        metrics_file.write(json.dumps({"step": step, "time": round(time.time() - start_time, 2), **scalars}) + "\n")
-        metrics_file.flush()
+        print(json.dumps({"step": step, "time": round(time.time() - start_time, 2), **scalars}), file=metrics_file, flush=True)
 
-    envs = gym.vector.SyncVectorEnv(
-        [make_env(args.env_id, args.seed + i) for i in range(args.num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
-    )
+    def request_stop(signum, frame):  # Ctrl-C or SIGTERM: finish the iteration, save, exit; a second one exits at once
+        if stop:
+            raise KeyboardInterrupt
+        stop.append(signum)
+
+    env_fns = [lambda i=i: make_env(args.env_id, args.seed + i) for i in range(args.num_envs)]
+    envs = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
-
-    actor = make_policy(obs_dim, action_dim, args)
-    agent = Agent(obs_dim, actor).to(device)
+    agent = Agent(obs_dim, actor := make_policy(obs_dim, action_dim, args)).to(device)
     qf = SoftQNetwork(obs_dim, action_dim, args.hidden_dim, args.num_bins, args.value_bound).to(device)
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate)
     q_optimizer = torch.optim.Adam(qf.parameters(), lr=args.learning_rate)
@@ -435,24 +409,13 @@ if __name__ == "__main__":
     return_normalizer = ReturnNormalizer(args.num_envs, args.gamma)
 
     obs, _ = envs.reset(seed=args.seed)
-    global_step, recent_returns, next_eval = 0, [], args.eval_frequency
-    last_print, last_print_step = start_time, 0
-    remaining_vector_steps = args.total_timesteps // args.num_envs
-    stop = []  # Ctrl-C or SIGTERM: finish the iteration, then save and exit; a second one exits at once
-
-    def request_stop(signum, frame):
-        if stop:
-            raise KeyboardInterrupt
-        stop.append(signum)
-
+    global_step, recent_returns, next_eval, last_print, last_print_step = 0, [], args.eval_frequency, start_time, 0
+    vector_steps, stop = args.total_timesteps // args.num_envs, []
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    while remaining_vector_steps > 0:
-        # --- rollout: num_steps steps of every env with the current policy, no gradient ---
-        rollout_steps = min(args.num_steps, remaining_vector_steps)
-        remaining_vector_steps -= rollout_steps
-        keys = ("obs", "x", "rewards", "terminated", "truncated", "next_obs")
-        rollout = {key: [] for key in keys}
+    for iteration_start in range(0, vector_steps, args.num_steps):
+        # --- rollout: num_steps steps of every env with the current policy, stacked to (T, N, ...) ---
+        rollout_steps, rollout = min(args.num_steps, vector_steps - iteration_start), []
         for _ in range(rollout_steps):
             global_step += args.num_envs
             obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=device)
@@ -460,32 +423,28 @@ if __name__ == "__main__":
                 agent.obs_norm.update(obs_tensor)
                 norm_obs = agent.obs_norm(obs_tensor)
                 actions, x = actor.sample(norm_obs)
-            next_obs, rewards, terminations, truncations, infos = envs.step(to_env(actions.cpu().numpy(), envs.single_action_space))
+            obs, rewards, terminations, truncations, infos = envs.step(to_env(actions.cpu().numpy(), envs.single_action_space))
             for i in np.flatnonzero(infos.get("_final_info", [])):
                 episode = infos["final_info"]["episode"]
                 recent_returns = (recent_returns + [float(episode["r"][i])])[-10:]
                 log_scalars(global_step, {"charts/episodic_return": float(episode["r"][i]), "charts/episodic_length": int(episode["l"][i])})
             return_normalizer.update(rewards, terminations | truncations)
-            # the next state is normalised with the statistics its state was normalised with (Q(s') and Q(s) see one scale)
-            next_norm_obs = agent.obs_norm(torch.as_tensor(real_next_obs(next_obs, infos), dtype=torch.float32, device=device))
-            step_data = (norm_obs, x, rewards, terminations, truncations & ~terminations, next_norm_obs)
-            for key, value in zip(keys, step_data, strict=True):
-                rollout[key].append(torch.as_tensor(value, device=device))
-            obs = next_obs
-        rollout = {key: torch.stack(values) for key, values in rollout.items()}  # (T, N, ...)
+            # s' is normalised with the statistics s was normalised with, so Q(s') and Q(s) see one scale
+            next_norm_obs = agent.obs_norm(torch.as_tensor(real_next_obs(obs, infos), dtype=torch.float32, device=device))
+            rollout.append((norm_obs, x, rewards, terminations, truncations & ~terminations, next_norm_obs))
+        columns = zip(("obs", "x", "rewards", "terminated", "truncated", "next_obs"), zip(*rollout, strict=True), strict=True)
+        rollout = {key: torch.stack([torch.as_tensor(value, device=device) for value in values]) for key, values in columns}
 
         # --- the rollout's T * N transitions s -> x, with the old policy's means and stds ---
         alpha = log_alpha.exp().item()
         with torch.no_grad():
             data = {key: rollout[key].flatten(0, 1) for key in ("obs", "x")}
             data["mean"], data["std"] = actor.dist(data["obs"])
-
             # --- soft TD(lambda) targets, with a fresh a' ~ pi(.|s') at every next state ---
-            next_obs_norm = rollout["next_obs"]
-            next_mean, next_std = actor.dist(next_obs_norm)
+            next_mean, next_std = actor.dist(rollout["next_obs"])
             next_x = next_mean + next_std * torch.randn_like(next_mean)
             next_log_pi = actor.log_prob(next_x, next_mean, next_std)
-            next_q = qf(next_obs_norm, torch.tanh(next_x))
+            next_q = qf(rollout["next_obs"], torch.tanh(next_x))
             rewards = rollout["rewards"].float() / return_normalizer.scale()
             td_args = (rollout["terminated"].float(), rollout["truncated"], alpha, args.gamma, args.td_lambda)
             targets = td_lambda_targets(rewards, next_q, next_log_pi, *td_args)
@@ -496,46 +455,28 @@ if __name__ == "__main__":
             for indices in torch.randperm(len(data["targets"]), device=device).chunk(args.num_minibatches):
                 batch = {key: value[indices] for key, value in data.items()}
                 qf_loss, q_values = critic_loss(batch, qf)
-                check_finite("qf_loss", qf_loss, global_step)
-                q_optimizer.zero_grad()
-                qf_loss.backward()
-                nn.utils.clip_grad_norm_(qf.parameters(), args.max_grad_norm)
-                q_optimizer.step()
-
+                gradient_step("qf_loss", qf_loss, q_optimizer, qf.parameters(), args.max_grad_norm, global_step)
                 alpha, beta = log_alpha.exp().item(), log_beta.exp().item()
                 policy_loss, log_pi, kl = actor_loss(batch, actor, qf, alpha, beta, args.kl_bound)
-                check_finite("actor_loss", policy_loss, global_step)
-                actor_optimizer.zero_grad()
-                policy_loss.backward()
-                nn.utils.clip_grad_norm_(actor.parameters(), args.max_grad_norm)
-                actor_optimizer.step()
-
+                gradient_step("actor_loss", policy_loss, actor_optimizer, actor.parameters(), args.max_grad_norm, global_step)
                 entropy = -log_pi.detach().mean()
-                alpha_loss, beta_loss = dual_losses(log_alpha, log_beta, entropy, target_entropy, kl, args.kl_bound)
+                alpha_loss = log_alpha.exp() * (entropy.detach() - target_entropy)  # raises alpha while H_hat < H_target
+                beta_loss = -log_beta.exp() * (kl.detach().mean() - args.kl_bound)  # raises beta while mean KL > kl_bound
                 dual_optimizer.zero_grad()
                 (alpha_loss * args.autotune + beta_loss).backward()
                 dual_optimizer.step()
 
-        log_scalars(
-            global_step,
-            {
-                "losses/qf_loss": qf_loss.item(),
-                "losses/qf_values": q_values.mean().item(),
-                "losses/actor_loss": policy_loss.item(),
-                "losses/kl": kl.mean().item(),
-                "losses/kl_clip_fraction": (kl > args.kl_bound).float().mean().item(),
-                "losses/alpha": log_alpha.exp().item(),
-                "losses/beta": log_beta.exp().item(),
-                "losses/target_mean": targets.mean().item(),
-                "losses/target_outside_fraction": (targets.abs() > args.value_bound).float().mean().item(),
-                "losses/reward_scale": return_normalizer.scale(),
-                "policy/entropy": entropy.item(),
-                "policy/saturated_fraction": (data["x"].tanh().abs() > 0.99).float().mean().item(),
-                "charts/SPS": int(global_step / (time.time() - start_time)),
-            },
-        )
+        scalars = {"losses/qf_loss": qf_loss.item(), "losses/qf_values": q_values.mean().item()}
+        scalars |= {"losses/actor_loss": policy_loss.item(), "losses/kl": kl.mean().item()}
+        scalars |= {"losses/kl_clip_fraction": (kl > args.kl_bound).float().mean().item(), "losses/alpha": log_alpha.exp().item()}
+        scalars |= {"losses/beta": log_beta.exp().item(), "losses/target_mean": targets.mean().item()}
+        outside = (targets.abs() > args.value_bound).float().mean().item()
+        scalars |= {"losses/target_outside_fraction": outside, "losses/reward_scale": return_normalizer.scale()}
+        saturated = (data["x"].tanh().abs() > 0.99).float().mean().item()
+        scalars |= {"policy/entropy": entropy.item(), "policy/saturated_fraction": saturated}
+        log_scalars(global_step, scalars | {"charts/SPS": int(global_step / (time.time() - start_time))})
 
-        final = remaining_vector_steps == 0
+        final = iteration_start + rollout_steps == vector_steps
         if global_step >= next_eval or final:
             next_eval += args.eval_frequency
             video_dir = os.path.join(run_dir, "videos") if final and args.capture_video else None
@@ -543,16 +484,12 @@ if __name__ == "__main__":
             log_scalars(global_step, {"eval/episodic_return": float(returns.mean())})
             if final:
                 print(f"eval return {returns.mean():.2f} +- {returns.std():.2f} over {len(returns)} episodes at env step {global_step}")
-
         if time.time() - last_print > 5 or final:
             sps = (global_step - last_print_step) / (time.time() - last_print)  # recent speed, for the time left
             last_print, last_print_step = time.time(), global_step
             recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
-            time_left = (args.total_timesteps - global_step) / max(sps, 1e-9) / 60
-            print(
-                f"step {global_step}/{args.total_timesteps} | return {recent} | SPS {sps:.0f} | time left {time_left:.1f} min", flush=True
-            )
-
+            left = (args.total_timesteps - global_step) / max(sps, 1e-9) / 60
+            print(f"step {global_step}/{args.total_timesteps} | return {recent} | SPS {sps:.0f} | time left {left:.1f} min", flush=True)
         if stop:
             print(f"interrupted at env step {global_step}: the run is unfinished", flush=True)
             break
@@ -564,8 +501,7 @@ if __name__ == "__main__":
         checkpoint["return_normalizer"] = {key: getattr(return_normalizer, key) for key in ("mean", "var", "count")}
         torch.save(checkpoint, model_path)
         print(f"model saved to {model_path} at env step {global_step}")
-    envs.close()
-    writer.close()
-    metrics_file.close()
+    for resource in (envs, writer, metrics_file):
+        resource.close()
     if stop:
         raise SystemExit(128 + stop[0])

@@ -10,12 +10,12 @@ SAC learns twin soft Q functions and a reparameterised tanh-Gaussian policy over
     actor loss     E_s[ alpha * log pi(a|s) - min_i Q_i(s, a) ],  a ~ pi(.|s) reparameterised
     temperature    loss alpha * stopgrad(H_hat - H_target),  H_hat = -mean(log pi),  H_target = -c * A (c: --target-entropy-scale)
 
-Q_i are Polyak-averaged into Qbar_i.
-`diff baselines/sac.py diffsac.py` shows what changes when the Gaussian becomes a diffusion chain.
+Q_i are Polyak-averaged into Qbar_i. `diff baselines/sac.py diffsac.py` shows what the diffusion chain changes.
 
 Run:  python baselines/sac.py --env-id Hopper-v5 --total-timesteps 100000
 """
 
+import contextlib
 import json
 import os
 import random
@@ -98,13 +98,10 @@ def to_env(squashed_action, space):
 
 
 def make_env(env_id, seed):
-    def thunk():
-        env = gym.make(env_id)
-        env = gym.wrappers.RecordEpisodeStatistics(env)
-        env.action_space.seed(seed)
-        return env
-
-    return thunk
+    """The env with episode statistics, its action space seeded (SyncVectorEnv calls it through a lambda)."""
+    env = gym.wrappers.RecordEpisodeStatistics(gym.make(env_id))
+    env.action_space.seed(seed)
+    return env
 
 
 def first_line(error):
@@ -128,7 +125,7 @@ def check_args(args):
         positive = "total_timesteps eval_frequency buffer_size batch_size policy_lr q_lr hidden_dim alpha_init".split()
         rules += [(name, "must be positive", getattr(args, name) > 0) for name in positive]  # `> 0` also rejects NaN
         rules += [(name, "must lie in [0, 1]", 0 <= getattr(args, name) <= 1) for name in ("gamma", "tau")]
-        rules += [("num_envs", "must be at least 1", args.num_envs >= 1)]
+        rules += [(name, "must be at least 1", getattr(args, name) >= 1) for name in ("num_envs",)]
     for name, rule, holds in rules:
         if not holds:
             raise SystemExit(f"error: --{name.replace('_', '-')} {rule}, got {getattr(args, name)}")
@@ -140,21 +137,26 @@ def check_args(args):
 
 
 def real_next_obs(next_obs, infos):
-    """The true s' of a vector env step with SAME_STEP autoreset: a finished env returns its reset observation and
-    keeps the episode's last one in infos["final_obs"]. (Truncation does not end bootstrapping: only `terminated` is stored.)"""
+    """The true s' of a SAME_STEP-autoreset vector step: a finished env's last observation is in infos["final_obs"]."""
     real = next_obs.copy()
     for i in np.flatnonzero(infos.get("_final_obs", [])):
         real[i] = infos["final_obs"][i]
     return real
 
 
-def check_finite(name, value, step):
-    """Stop training on a NaN or infinite loss (never keep training on it)."""
-    if not torch.isfinite(value):
-        raise SystemExit(f"error: {name} became {value.item()} at env step {step}; stopping")
+def gradient_step(optimizer, loss, name=None, step=None):
+    """One optimizer step on `loss`; a named loss that is NaN or infinite stops training instead (never train on it)."""
+    if name is not None and not torch.isfinite(loss):
+        raise SystemExit(f"error: {name} became {loss.item()} at env step {step}; stopping")
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
 
 
 # ============ ALGORITHM: networks, policy, losses ============
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # the range the Actor squashes its log std into
+
+
 def mlp(in_dim, out_dim, hidden_dim, layer_norm=False):
     """Two hidden ReLU layers; critics add LayerNorm for stability."""
     norm = (lambda: nn.LayerNorm(hidden_dim)) if layer_norm else nn.Identity
@@ -171,9 +173,6 @@ class SoftQNetwork(nn.Module):
 
     def forward(self, obs, action):
         return self.net(torch.cat([obs, action], -1)).squeeze(-1)
-
-
-LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
 class Actor(nn.Module):
@@ -206,11 +205,8 @@ class ReplayBuffer:
 
     def __init__(self, size, obs_dim, action_shape, device):
         self.size, self.device, self.pos, self.full = size, device, 0, False
-        self.obs = np.zeros((size, obs_dim), np.float32)
-        self.next_obs = np.zeros((size, obs_dim), np.float32)
-        self.actions = np.zeros((size, *action_shape), np.float32)
-        self.rewards = np.zeros(size, np.float32)
-        self.terminated = np.zeros(size, np.float32)
+        for field, shape in zip(self.fields, [(obs_dim,), (obs_dim,), action_shape, (), ()], strict=True):
+            setattr(self, field, np.zeros((size, *shape), np.float32))
 
     def add(self, obs, next_obs, actions, rewards, terminated):
         for i in range(len(obs)):
@@ -257,25 +253,23 @@ def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=Non
     env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
     if video_dir:
         env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda _: True, disable_logger=True)
-    returns = []
+    returns = np.zeros(episodes)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the sampler noise: seeded by `seed` alone
         torch.manual_seed(seed)
         for episode in range(episodes):
             obs, _ = env.reset(seed=seed + episode)
-            done, episode_return = False, 0.0
-            while not done:
+            terminated = truncated = False
+            while not (terminated or truncated):
                 with torch.no_grad():
                     action = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)[0]
                 obs, reward, terminated, truncated, _ = env.step(to_env(action[0].cpu().numpy(), env.action_space))
-                episode_return += float(reward)
-                done = terminated or truncated
-            returns.append(episode_return)
+                returns[episode] += float(reward)
     env.close()
-    return np.array(returns)
+    return returns
 
 
 def load_actor(path, device):
-    """Rebuilds the actor of a checkpoint written by --save-model; returns it and the run's Args."""
+    """Rebuilds the actor of a checkpoint written by --save-model; returns it, the run's Args and its env steps."""
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=False)
     except Exception as error:  # missing, unreadable, or not a torch file
@@ -298,9 +292,8 @@ if __name__ == "__main__":
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     if args.cuda and not torch.cuda.is_available():
         print("--cuda: no GPU is visible, so the run uses the CPU")
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    for seed_rng in (random.seed, np.random.seed, torch.manual_seed):
+        seed_rng(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
 
     if args.evaluate_checkpoint is not None:
@@ -311,13 +304,11 @@ if __name__ == "__main__":
         raise SystemExit(0)
 
     run_name = f"{args.env_id.replace(':', '_').replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.join("runs", run_name)
-    for copy in range(2, 1000):  # a run started in the same second under the same name gets its own folder, name_2...
-        try:
+    for copy in range(1, 1000):  # a run started in the same second under the same name gets its own folder, name_2...
+        run_dir = os.path.join("runs", run_name if copy == 1 else f"{run_name}_{copy}")
+        with contextlib.suppress(FileExistsError):
             os.makedirs(run_dir)
             break
-        except FileExistsError:
-            run_dir = os.path.join("runs", f"{run_name}_{copy}")
     run_name = os.path.basename(run_dir)
     writer = SummaryWriter(run_dir)
     if args.track:
@@ -336,15 +327,13 @@ if __name__ == "__main__":
         metrics_file.write(json.dumps({"step": step, "time": round(time.time() - start_time, 2), **scalars}) + "\n")
         metrics_file.flush()
 
-    envs = gym.vector.SyncVectorEnv(
-        [make_env(args.env_id, args.seed + i) for i in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
+    env_fns = [lambda i=i: make_env(args.env_id, args.seed + i) for i in range(args.num_envs)]
+    envs = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)  # see real_next_obs
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
 
     actor = make_actor(obs_dim, action_dim, args).to(device)
-    qf1, qf2 = (SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device) for _ in range(2))
-    qf1_target, qf2_target = (SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device) for _ in range(2))
+    critics = [SoftQNetwork(obs_dim, action_dim, args.hidden_dim).to(device) for _ in range(4)]
+    qf1, qf2, qf1_target, qf2_target = critics
     qf1_target.load_state_dict(qf1.state_dict())
     qf2_target.load_state_dict(qf2.state_dict())
     q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr)
@@ -355,8 +344,7 @@ if __name__ == "__main__":
 
     rb = ReplayBuffer(args.buffer_size, obs_dim, (action_dim,), device)
     obs, _ = envs.reset(seed=args.seed)
-    recent_returns, last_log, next_eval = [], 0, args.eval_frequency
-    last_print, last_print_step = start_time, 0
+    recent_returns, last_log, next_eval, last_print, last_print_step = [], 0, args.eval_frequency, start_time, 0
     num_iterations = args.total_timesteps // args.num_envs
     stop = []  # Ctrl-C or SIGTERM: finish the iteration, then save and exit; a second one exits at once
 
@@ -368,46 +356,33 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     for iteration in range(1, num_iterations + 1):
-        global_step = iteration * args.num_envs
+        global_step, final = iteration * args.num_envs, iteration == num_iterations
         if global_step <= args.learning_starts:
             actions = np.random.uniform(-1, 1, (args.num_envs, action_dim)).astype(np.float32)
         else:
             with torch.no_grad():
                 actions = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device))[0].cpu().numpy()
         next_obs, rewards, terminations, truncations, infos = envs.step(to_env(actions, envs.single_action_space))
-
         for i in np.flatnonzero(infos.get("_final_info", [])):
             episode = infos["final_info"]["episode"]
             recent_returns = (recent_returns + [float(episode["r"][i])])[-10:]
             log_scalars(global_step, {"charts/episodic_return": float(episode["r"][i]), "charts/episodic_length": int(episode["l"][i])})
-        rb.add(obs, real_next_obs(next_obs, infos), actions, rewards, terminations)
+        rb.add(obs, real_next_obs(next_obs, infos), actions, rewards, terminations)  # truncation keeps bootstrapping
         obs = next_obs
 
         if global_step > args.learning_starts:
             for _ in range(args.num_envs):  # one gradient update per env step
                 batch = rb.sample(args.batch_size)
                 alpha = log_alpha.exp().item()
-                with torch.no_grad():  # a' ~ pi(.|s') of the current policy, for the targets
+                with torch.no_grad():  # a sample of the current policy at the replayed s'
                     next_action, next_log_pi = actor.sample(batch["next_obs"])
                 qf_loss, qf1_values = critic_loss(batch, next_action, next_log_pi, qf1, qf2, qf1_target, qf2_target, alpha, args.gamma)
-                check_finite("qf_loss", qf_loss, global_step)
-                q_optimizer.zero_grad()
-                qf_loss.backward()
-                q_optimizer.step()
-
+                gradient_step(q_optimizer, qf_loss, "qf_loss", global_step)
                 policy_loss, log_pi = actor_loss(batch, actor, qf1, qf2, alpha)
-                check_finite("actor_loss", policy_loss, global_step)
-                actor_optimizer.zero_grad()
-                policy_loss.backward()
-                actor_optimizer.step()
-
+                gradient_step(actor_optimizer, policy_loss, "actor_loss", global_step)
                 entropy = -log_pi.detach().mean()
                 if args.autotune:
-                    alpha_loss = temperature_loss(log_alpha, entropy, target_entropy)
-                    alpha_optimizer.zero_grad()
-                    alpha_loss.backward()
-                    alpha_optimizer.step()
-
+                    gradient_step(alpha_optimizer, temperature_loss(log_alpha, entropy, target_entropy))
                 with torch.no_grad():
                     for net, target in ((qf1, qf1_target), (qf2, qf2_target)):
                         for param, target_param in zip(net.parameters(), target.parameters(), strict=True):
@@ -415,29 +390,21 @@ if __name__ == "__main__":
 
             if global_step - last_log >= 1000:
                 last_log = global_step
-                log_scalars(
-                    global_step,
-                    {
-                        "losses/qf_loss": qf_loss.item() / 2,
-                        "losses/qf1_values": qf1_values.mean().item(),
-                        "losses/actor_loss": policy_loss.item(),
-                        "losses/alpha": log_alpha.exp().item(),
-                        "policy/entropy": entropy.item(),
-                        "policy/saturated_fraction": (next_action.abs() > 0.99).float().mean().item(),
-                        "charts/SPS": int(global_step / (time.time() - start_time)),
-                    },
-                )
+                scalars = {"losses/qf_loss": qf_loss.item() / 2, "losses/qf1_values": qf1_values.mean().item()}
+                scalars |= {"losses/actor_loss": policy_loss.item(), "losses/alpha": log_alpha.exp().item()}
+                scalars["policy/entropy"] = entropy.item()
+                scalars["policy/saturated_fraction"] = (next_action.abs() > 0.99).float().mean().item()
+                log_scalars(global_step, scalars | {"charts/SPS": int(global_step / (time.time() - start_time))})
 
-        if global_step >= next_eval or iteration == num_iterations:
+        if global_step >= next_eval or final:
             next_eval += args.eval_frequency
-            final = iteration == num_iterations
             video_dir = os.path.join(run_dir, "videos") if final and args.capture_video else None
             returns = evaluate(actor, args.env_id, args.eval_episodes, args.seed + 10_000, args.eval_deterministic, device, video_dir)
             log_scalars(global_step, {"eval/episodic_return": float(returns.mean())})
             if final:
                 print(f"eval return {returns.mean():.2f} +- {returns.std():.2f} over {len(returns)} episodes at env step {global_step}")
 
-        if time.time() - last_print > 5 or iteration == num_iterations or global_step == args.learning_starts:
+        if time.time() - last_print > 5 or final or global_step == args.learning_starts:
             sps = (global_step - last_print_step) / (time.time() - last_print)  # recent speed, for the time left
             last_print, last_print_step = time.time(), global_step
             recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
@@ -454,8 +421,7 @@ if __name__ == "__main__":
         nets = {"actor": actor.state_dict(), "qf1": qf1.state_dict(), "qf2": qf2.state_dict(), "log_alpha": log_alpha.detach()}
         torch.save({"script": os.path.basename(__file__), "env_steps": global_step, "args": asdict(args), **nets}, model_path)
         print(f"model saved to {model_path} at env step {global_step}")
-    envs.close()
-    writer.close()
-    metrics_file.close()
+    for resource in (envs, writer, metrics_file):
+        resource.close()
     if stop:
         raise SystemExit(128 + stop[0])
