@@ -137,10 +137,10 @@ def check_args(args):
     probe.close()
     rules = [("seed", "must lie in [0, 2**31)", 0 <= args.seed < 2**31), ("eval_episodes", "must be at least 1", args.eval_episodes >= 1)]
     if args.evaluate_checkpoint is None:  # `> 0` also rejects NaN
-        positive = "total_timesteps eval_frequency learning_rate dual_learning_rate max_grad_norm value_bound alpha_init"
+        positive = "total_timesteps eval_frequency learning_rate dual_learning_rate max_grad_norm hidden_dim value_bound alpha_init"
         rules += [(name, "must be positive", getattr(args, name) > 0) for name in (positive + " kl_bound beta_init").split()]
         rules += [(name, "must lie in [0, 1]", 0 <= getattr(args, name) <= 1) for name in ("gamma", "td_lambda")]
-        minimum = {"num_envs": 1, "num_steps": 1, "num_minibatches": 1, "update_epochs": 1, "hidden_dim": 1, "num_bins": 2}
+        minimum = {"num_envs": 1, "num_steps": 1, "num_minibatches": 1, "update_epochs": 1, "num_bins": 2}
         rules += [(name, f"must be at least {low}", getattr(args, name) >= low) for name, low in minimum.items()]
     for name, rule, holds in rules:
         if not holds:
