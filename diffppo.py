@@ -225,8 +225,8 @@ class DiffusionPolicy(nn.Module):
         # u starts at zero: the initial chain is an Ornstein-Uhlenbeck chain that keeps x close to N(0, sigma_p^2 I)
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
-        # eta_k starts on the schedule 0.5 (0.17 + 0.83 (K - k) / K), from 0.5 down to 0.14 at K = 8, and is learned per
-        # (step, dim) below eta_max, since nothing else stops the entropy bonus from growing the steps until the critic diverges
+        # eta_k starts on the authors' linear schedule 0.5 (0.17 + 0.83 (K - k) / K), 0.5 down to 0.14 at K = 8, and is learned
+        # per (step, dim) under the cap eta_max, since the entropy bonus would otherwise grow the steps until the critic diverges
         steps = torch.arange(diffusion_steps, dtype=torch.float32)
         eta = 0.5 * (0.17 + 0.83 * (diffusion_steps - steps) / diffusion_steps)
         self.eta_param = nn.Parameter(torch.logit(eta / eta_max)[:, None].repeat(1, action_dim))
@@ -247,9 +247,9 @@ class DiffusionPolicy(nn.Module):
 
     def log_ratio(self, x, k, x_next, mean, std):
         """l_k = log q(x_{k+1} | x_k, s, k) - log p(x_k | x_{k+1}), given q's mean and std."""
-        # p(x_k | x_{k+1}) = N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k) is normalised in x_k, so l_k is a true
-        # log density ratio (docs/method.md, section 2, says where this differs from the authors' code)
-        eta = std**2 / 2
+        # p(x_k | x_{k+1}) = N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k) is normalised in x_k, so l_k is a true log density
+        # ratio (the authors' code takes p's drift at x_k with eta_{k+1}, which is not; docs/method.md, section 2)
+        eta = std**2 / 2  # eta_k, from q's std sqrt(2 eta_k)
         p_mean = x_next - eta * x_next / self.prior_std**2
         # q and p share the variance 2 eta_k = std^2, so their normalising constants cancel
         l_k = (((x - p_mean) ** 2 - (x_next - mean) ** 2) / (2 * std**2)).sum(-1)

@@ -8,16 +8,18 @@ and step sizes eta_k learned in (0, eta_max) per step and dimension (docs/method
     a = tanh(x_K) in [-1, 1]^A (the env sees low + (a + 1) / 2 * (high - low))
 
 log pi(a|s) of a chain is intractable. The DA-MDP makes each denoising step an MDP step (state (s, x_k, k), action
-x_{k+1}, env reward and discount only at k = K-1) and replaces log pi by the log ratio against a noising kernel p:
+x_{k+1}, env reward and discount only at k = K-1) and replaces log pi by the log ratio against a noising kernel p,
+the u = 0 chain run backwards, so that l_k measures how far u moves x away from the prior:
 
     p(x_k | x_{k+1}) = N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k),   l_k = log q(x_{k+1}|x_k,s,k) - log p(x_k|x_{k+1})
     l_{K-1} -= sum_d log(1 - tanh(x_{K,d})^2)    (tanh correction, as in SAC)
     H_hat = H_prior - sum_k l_k  <=  H(pi(.|s)) in expectation,  H_prior = A/2 log(2 pi e sigma_p^2)
 
-SAC runs on the DA-MDP, one kernel step per gradient sample, never back-propagating through the chain: DA step k
-earns -alpha l_k, the env step also r + alpha H_prior (x_0 is drawn once per env step). The buffer holds env
-transitions (s, a, r, s'); each update draws one chain x'_0 -> x'_K of the current policy (no gradient) at the replayed
-s', a' = tanh(x'_K). A batch row is one DA transition, at k = K-1 (share --last-step-share) or k < K-1 (uniform):
+SAC runs on the DA-MDP: DA step k earns -alpha l_k, the env step r, each new chain's x_0 alpha H_prior (so the bonuses
+of an env step sum to alpha H_hat). The buffer holds env transitions (s, a, r, s') and no x_k, which would be an old
+policy's: each update draws one chain x'_0 -> x'_K of the current policy (no gradient) at the replayed s', a' = tanh(x'_K),
+for the targets, the in-chain rows and the actor, whose gradient goes through one kernel step per row, never the chain.
+A row is one DA transition, at k = K-1 (share --last-step-share) or k < K-1 (uniform):
 
     row k = K-1    y = r + gamma (1 - terminated) [min_i Qbar_i(s', a', K-1) - alpha (sum_j l'_j - H_prior)],  for Q_i(s, a, K-1)
     row k < K-1    y = min_i Qbar_i(s', a', K-1) - alpha (l'_{k+1} + ... + l'_{K-1}),  for Q_i(s', tanh(x'_{k+1}), k)
@@ -25,7 +27,6 @@ s', a' = tanh(x'_K). A batch row is one DA transition, at k = K-1 (share --last-
     temperature    fixed by default; --autotune: loss alpha * stopgrad(H_hat - H_target),  H_target = -c * A (c: --target-entropy-scale)
 
 Q_i are Polyak-averaged into Qbar_i. `diff baselines/sac.py diffsac.py` shows what the diffusion chain changes.
-
 Run:  python diffsac.py --env-id Hopper-v5 --total-timesteps 100000
 """
 
@@ -99,14 +100,14 @@ class Args:
     """width of the hidden layers of every network"""
     alpha_init: float = 0.005  # small: the bound H_hat also charges the chain for moving away from the prior
     """initial entropy temperature alpha"""
-    autotune: bool = False  # off: H - H_hat grows as the policy learns, so a fixed entropy target would raise alpha
+    autotune: bool = False  # off: H_hat falls further below H(pi) as the policy learns, so a fixed target keeps raising alpha
     """if toggled, alpha is tuned towards the entropy target"""
     target_entropy_scale: float = 4.0
     """c in the entropy target H_target = -c * action_dim"""
     diffusion_steps: int = 8
     """K, the number of denoising steps of the chain"""
     prior_std: float = 3.0
-    """sigma_p, the std of the prior x_0 ~ N(0, sigma_p^2 I) (at a small alpha, 1 puts most actions at tanh's bounds)"""
+    """sigma_p, the std of the prior x_0 ~ N(0, sigma_p^2 I) in pre-tanh space"""
     last_step_share: float = 0.5
     """share of each batch's DA transitions at the env step k = K-1; the rest have k uniform below K-1"""
     eta_max: float = 1.0
@@ -191,8 +192,9 @@ def mlp(in_dim, out_dim, hidden_dim, layer_norm=False):
 
 
 class SoftQNetwork(nn.Module):
-    """Q(s, a, k), the soft value of x_{k+1} at denoising step k, seen as a = tanh(x_{k+1}) in [-1, 1]^A (at k = K-1 the
-    env's action, as in SAC); the bounded input keeps the actor from chasing the critic's extrapolation to large |x|."""
+    """Q(s, a, k), the soft value of choosing x_{k+1} at denoising step k (what follows depends on s, x_{k+1} and k, not on
+    x_k), seen as a = tanh(x_{k+1}) in [-1, 1]^A (at k = K-1 the env's action, as in SAC); the bounded input keeps the
+    actor from chasing the critic's extrapolation to large |x|."""
 
     def __init__(self, obs_dim, action_dim, hidden_dim, diffusion_steps):
         super().__init__()
@@ -214,8 +216,8 @@ class DiffusionPolicy(nn.Module):
         # u starts at zero: the initial chain is an Ornstein-Uhlenbeck chain that keeps x close to N(0, sigma_p^2 I)
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
-        # eta_k starts on the schedule 0.5 (0.17 + 0.83 (K - k) / K), from 0.5 down to 0.14 at K = 8, and is learned per
-        # (step, dim) below eta_max, since nothing else stops the entropy bonus from growing the steps until the critic diverges
+        # eta_k starts on the authors' linear schedule 0.5 (0.17 + 0.83 (K - k) / K), 0.5 down to 0.14 at K = 8, and is learned
+        # per (step, dim) under the cap eta_max, since the entropy bonus would otherwise grow the steps until the critic diverges
         steps = torch.arange(diffusion_steps, dtype=torch.float32)
         eta = 0.5 * (0.17 + 0.83 * (diffusion_steps - steps) / diffusion_steps)
         self.eta_param = nn.Parameter(torch.logit(eta / eta_max)[:, None].repeat(1, action_dim))
@@ -236,9 +238,9 @@ class DiffusionPolicy(nn.Module):
 
     def log_ratio(self, x, k, x_next, mean, std):
         """l_k = log q(x_{k+1} | x_k, s, k) - log p(x_k | x_{k+1}), given q's mean and std."""
-        # p(x_k | x_{k+1}) = N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k) is normalised in x_k, so l_k is a true
-        # log density ratio (docs/method.md, section 2, says where this differs from the authors' code)
-        eta = std**2 / 2
+        # p(x_k | x_{k+1}) = N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k) is normalised in x_k, so l_k is a true log density
+        # ratio (the authors' code takes p's drift at x_k with eta_{k+1}, which is not; docs/method.md, section 2)
+        eta = std**2 / 2  # eta_k, from q's std sqrt(2 eta_k)
         p_mean = x_next - eta * x_next / self.prior_std**2
         # q and p share the variance 2 eta_k = std^2, so their normalising constants cancel
         l_k = (((x - p_mean) ** 2 - (x_next - mean) ** 2) / (2 * std**2)).sum(-1)
@@ -303,14 +305,14 @@ class ReplayBuffer:
 
 def sample_steps(batch_size, diffusion_steps, last_step_share, device):
     """Denoising steps k of a batch of DA transitions: K-1 (the env step) with probability last_step_share, else uniform below."""
-    share = 1.0 if diffusion_steps == 1 else last_step_share
+    share = 1.0 if diffusion_steps == 1 else last_step_share  # with K = 1 every row is the env step; max(., 1) keeps randint valid
     below = torch.randint(max(diffusion_steps - 1, 1), (batch_size,), device=device)
     return torch.where(torch.rand(batch_size, device=device) < share, diffusion_steps - 1, below)
 
 
 def critic_target(batch, k, chain, log_ratios, actor, qf1_target, qf2_target, alpha, gamma):
-    """Soft targets y of the DA transitions (module docstring) from the current chain x'_0..x'_K at s' and its l'_0..l'_{K-1};
-    in the chain, y is the soft Bellman backup of the chain continued from x'_{k+1}, so only the env-step critic bootstraps."""
+    """Soft targets y of the rows (module docstring) from the current chain x'_0..x'_K at s' and its l'_0..l'_{K-1}. The chain
+    is the current policy's own continuation from x'_{k+1}, so its rest is a sample of Q(s', x'_{k+1}, k): no in-chain bootstrap."""
     with torch.no_grad():
         next_obs, next_action = batch["next_obs"], torch.tanh(chain[:, -1])
         k_last = torch.full_like(k, actor.diffusion_steps - 1)

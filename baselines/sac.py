@@ -188,7 +188,7 @@ class Actor(nn.Module):
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
         dist = torch.distributions.Normal(mean, log_std.exp())
         x = mean if deterministic else dist.rsample()
-        # log(1 - tanh(x)^2) = 2 * (log 2 - x - softplus(-2x)), the numerically stable form
+        # log|d tanh(x)/dx| = 2 (log 2 - x - softplus(-2x)) per dimension, the numerically stable form of log(1 - tanh(x)^2)
         log_det = 2 * (np.log(2.0) - x - F.softplus(-2 * x))
         return torch.tanh(x), (dist.log_prob(x) - log_det).sum(-1)
 
