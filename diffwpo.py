@@ -106,7 +106,7 @@ class Args:
     autotune: bool = True
     """if toggled, alpha is tuned towards the entropy target"""
     target_entropy_scale: float = 3.0
-    """c in the target H_p - c * action_dim of the entropy bound H_p - K mean(l_k), so -K mean(l_k) is tuned to -c A (c = 2: no better)"""
+    """c in the target H_target = H_p - c * action_dim of the entropy bound H_p - K mean(l_k): H_p on both sides, so -K mean(l_k) -> -c A"""
     kl_bound: float = 0.1
     """per-sample trust region: K * KL(q_old || q) above it switches the sample's loss to beta * KL"""
     beta_init: float = 0.3
