@@ -10,9 +10,11 @@ is 0 there, whatever the others' tails), about 0 far from every centre. Near c_i
 so at temperature alpha the optimum pi*(a) ~ exp(r(a) / alpha) puts about w_i sqrt(2 pi alpha) of
 unnormalised mass on optimum i: equal widths get equal mass, a wider optimum proportionally more.
 
-    BanditTwoUneven-v0       two equal optima at -0.6 and 0.3 (not symmetric about 0), widths 0.15
-    BanditThreeOptima-v0     three equal optima at -0.6, 0 and 0.6, widths 0.12
-    BanditUnequalWidths-v0   equal height at -0.5 (width 0.08) and 0.5 (width 0.24)
+    BanditTwoUneven-v0           two equal optima at -0.6 and 0.3 (not symmetric about 0), widths 0.15
+    BanditTwoUnevenMirrored-v0   the same reflected, a -> -a (optima at -0.3 and 0.6): a script's preference for one
+                                 of two equal optima shows here mirrored if it follows the optimum's distance from 0
+    BanditThreeOptima-v0         three equal optima at -0.6, 0 and 0.6, widths 0.12
+    BanditUnequalWidths-v0       equal height at -0.5 (width 0.08) and 0.5 (width 0.24)
 
 The env exposes `reward(a)` (vectorised over numpy arrays), `centres` and `widths`, from which
 benchmarks/maxent_bandit.py computes pi*. No algorithm script imports this file; gymnasium does, from the env id:
@@ -64,6 +66,7 @@ TASKS = {
     "BanditTwoUneven-v0": {"centres": [-0.6, 0.3], "widths": [0.15, 0.15]},
     "BanditThreeOptima-v0": {"centres": [-0.6, 0.0, 0.6], "widths": [0.12, 0.12, 0.12]},
     "BanditUnequalWidths-v0": {"centres": [-0.5, 0.5], "widths": [0.08, 0.24]},
+    "BanditTwoUnevenMirrored-v0": {"centres": [-0.3, 0.6], "widths": [0.15, 0.15]},
 }
 for _env_id, _kwargs in TASKS.items():
     gym.register(_env_id, entry_point=OneStepBandit, kwargs=_kwargs)

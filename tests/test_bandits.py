@@ -54,6 +54,12 @@ def test_the_three_variants():
     assert len(set(widths["widths"])) == 2 and len(set(two["widths"])) == len(set(three["widths"])) == 1
 
 
+def test_the_mirrored_task_is_two_uneven_reflected():
+    grid = np.linspace(-1, 1, 2001)
+    two, mirrored = (gym.make(f"envs.bandits:{name}").unwrapped for name in ("BanditTwoUneven-v0", "BanditTwoUnevenMirrored-v0"))
+    np.testing.assert_allclose(mirrored.reward(grid), two.reward(-grid), atol=1e-12)
+
+
 def test_one_step_episodes_with_a_constant_observation():
     env = gym.make(ENV_IDS[0])
     first, _ = env.reset(seed=0)
