@@ -267,7 +267,7 @@ class DiffusionPolicy(nn.Module):
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
         # eta_k starts on the authors' linear schedule 0.5 (0.17 + 0.83 (K - k) / K), 0.5 down to 0.14 at K = 8, and is learned
-        # per (step, dim) under the cap eta_max, since the entropy bonus would otherwise grow the steps until the critic diverges
+        # per (step, dim) under the cap eta_max, which keeps the entropy bonus from growing the steps until the critic diverges
         steps = torch.arange(diffusion_steps, dtype=torch.float32)
         eta = 0.5 * (0.17 + 0.83 * (diffusion_steps - steps) / diffusion_steps)
         self.eta_param = nn.Parameter(torch.logit(eta / eta_max)[:, None].repeat(1, action_dim))
@@ -289,13 +289,13 @@ class DiffusionPolicy(nn.Module):
     def log_ratio(self, x, k, x_next, mean, std):
         """l_k = log q(x_{k+1} | x_k, s, k) - log p(x_k | x_{k+1}), given q's mean and std."""
         # p(x_k | x_{k+1}) = N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k) is normalised in x_k, so l_k is a true log density
-        # ratio (the authors' code takes p's drift at x_k with eta_{k+1}, which is not; docs/method.md, section 2)
+        # ratio (the reference code takes p's drift at x_k with eta_{k+1}, which is not normalised; docs/method.md, section 2)
         eta = std**2 / 2  # eta_k, from q's std sqrt(2 eta_k)
         p_mean = x_next - eta * x_next / self.prior_std**2
         # q and p share the variance 2 eta_k = std^2, so their normalising constants cancel
         l_k = (((x - p_mean) ** 2 - (x_next - mean) ** 2) / (2 * std**2)).sum(-1)
         if self.tanh_correction:
-            # at the last step subtract log|d tanh(x_K)/dx_K| = sum_d 2 (log 2 - x - softplus(-2x)), as SAC does, so
+            # at the last step subtract log|d tanh(x_K)/dx_K| = sum_d 2 (log 2 - x_K - softplus(-2 x_K)), as SAC does, so
             # the bound is of the squashed action and the chain cannot buy entropy in tanh's flat, saturated region
             log_det = 2 * (np.log(2.0) - x_next - F.softplus(-2 * x_next)).sum(-1)
             l_k = l_k - torch.where(k == self.diffusion_steps - 1, log_det, 0.0)
@@ -382,7 +382,7 @@ def actor_loss(batch, actor, qf, alpha, beta, kl_bound):
 # ============ EVALUATION AND CHECKPOINTS ============
 @torch.no_grad()
 def evaluate(agent, env_id, episodes, seed, deterministic, device, video_dir=None):
-    """Undiscounted returns of `episodes` episodes on a fresh env, env and sampler seeded seed, seed+1, ..."""
+    """Undiscounted returns of `episodes` episodes on a fresh env, episode i reset with seed + i, the sampler's noise seeded with seed"""
     env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
     if video_dir:
         env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda _: True, disable_logger=True)
@@ -459,11 +459,6 @@ if __name__ == "__main__":
             writer.add_scalar(tag, value, step)
         print(json.dumps({"step": step, "time": round(time.time() - start_time, 2), **scalars}), file=metrics_file, flush=True)
 
-    def request_stop(signum, frame):  # Ctrl-C or SIGTERM: finish the iteration, save, exit; a second one exits at once
-        if stop:
-            raise KeyboardInterrupt
-        stop.append(signum)
-
     env_fns = [lambda i=i: make_env(args.env_id, args.seed + i) for i in range(args.num_envs)]
     envs = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
@@ -480,9 +475,10 @@ if __name__ == "__main__":
 
     obs, _ = envs.reset(seed=args.seed)
     global_step, recent_returns, next_eval, last_print, last_print_step = 0, [], args.eval_frequency, start_time, 0
-    vector_steps, stop = args.total_timesteps // args.num_envs, []
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    vector_steps = args.total_timesteps // args.num_envs
+    stop = []  # Ctrl-C or SIGTERM: finish the iteration, then save and exit; a second one exits at once
+    for signum in (signal.SIGINT, signal.SIGTERM):  # the second signal raises KeyboardInterrupt
+        signal.signal(signum, lambda signum, frame: signal.default_int_handler(signum, frame) if stop else stop.append(signum))
     for iteration_start in range(0, vector_steps, args.num_steps):
         # --- rollout: num_steps steps of every env with the current policy, stacked to (T, N, ...) ---
         rollout_steps, rollout = min(args.num_steps, vector_steps - iteration_start), []

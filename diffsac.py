@@ -28,6 +28,7 @@ actor's gradient goes through one kernel step per row, never through the chain:
     temperature    fixed by default; --autotune: loss alpha * stopgrad(H_hat - H_target),  H_target = -c * A (c: --target-entropy-scale)
 
 Q_i are Polyak-averaged into Qbar_i. `diff baselines/sac.py diffsac.py` shows what the diffusion chain changes.
+
 Run:  python diffsac.py --env-id Hopper-v5 --total-timesteps 100000
 """
 
@@ -103,7 +104,7 @@ class Args:
     """initial entropy temperature alpha"""
     autotune: bool = False  # off: H_hat falls further below H(pi) as the policy learns, so a fixed target keeps raising alpha
     """if toggled, alpha is tuned towards the entropy target"""
-    target_entropy_scale: float = 4.0
+    target_entropy_scale: float = 4.0  # above SAC's 1: the bound H_hat lies nats per dimension below H(pi)
     """c in the entropy target H_target = -c * action_dim"""
     diffusion_steps: int = 8
     """K, the number of denoising steps of the chain"""
@@ -112,7 +113,7 @@ class Args:
     eta_max: float = 1.0
     """upper bound of the learned step sizes eta_k (kernel std at most sqrt(2 eta_max))"""
     eta_lr: float | None = None
-    """the learning rate of the step sizes eta_k (None: --policy-lr); narrow optima need a faster one"""
+    """the learning rate of the step sizes eta_k (None: --policy-lr); a faster one lets the chain sharpen onto narrow optima"""
     tanh_correction: bool = True
     """if toggled, l_{K-1} includes tanh's log-det, so the entropy estimate is of the squashed action, as in SAC"""
 
@@ -216,7 +217,7 @@ class DiffusionPolicy(nn.Module):
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
         # eta_k starts on the authors' linear schedule 0.5 (0.17 + 0.83 (K - k) / K), 0.5 down to 0.14 at K = 8, and is learned
-        # per (step, dim) under the cap eta_max, since the entropy bonus would otherwise grow the steps until the critic diverges
+        # per (step, dim) under the cap eta_max, which keeps the entropy bonus from growing the steps until the critic diverges
         steps = torch.arange(diffusion_steps, dtype=torch.float32)
         eta = 0.5 * (0.17 + 0.83 * (diffusion_steps - steps) / diffusion_steps)
         self.eta_param = nn.Parameter(torch.logit(eta / eta_max)[:, None].repeat(1, action_dim))
@@ -238,13 +239,13 @@ class DiffusionPolicy(nn.Module):
     def log_ratio(self, x, k, x_next, mean, std):
         """l_k = log q(x_{k+1} | x_k, s, k) - log p(x_k | x_{k+1}), given q's mean and std."""
         # p(x_k | x_{k+1}) = N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k) is normalised in x_k, so l_k is a true log density
-        # ratio (the authors' code takes p's drift at x_k with eta_{k+1}, which is not; docs/method.md, section 2)
+        # ratio (the reference code takes p's drift at x_k with eta_{k+1}, which is not normalised; docs/method.md, section 2)
         eta = std**2 / 2  # eta_k, from q's std sqrt(2 eta_k)
         p_mean = x_next - eta * x_next / self.prior_std**2
         # q and p share the variance 2 eta_k = std^2, so their normalising constants cancel
         l_k = (((x - p_mean) ** 2 - (x_next - mean) ** 2) / (2 * std**2)).sum(-1)
         if self.tanh_correction:
-            # at the last step subtract log|d tanh(x_K)/dx_K| = sum_d 2 (log 2 - x - softplus(-2x)), as SAC does, so
+            # at the last step subtract log|d tanh(x_K)/dx_K| = sum_d 2 (log 2 - x_K - softplus(-2 x_K)), as SAC does, so
             # the bound is of the squashed action and the chain cannot buy entropy in tanh's flat, saturated region
             log_det = 2 * (np.log(2.0) - x_next - F.softplus(-2 * x_next)).sum(-1)
             l_k = l_k - torch.where(k == self.diffusion_steps - 1, log_det, 0.0)
@@ -313,7 +314,8 @@ def two_rows(batch, chain, log_ratios, diffusion_steps):
 
 def critic_target(batch, k, chain, log_ratios, actor, qf1_target, qf2_target, alpha, gamma):
     """Soft targets y of the rows (module docstring) from the current chain x'_0..x'_K at s' and its l'_0..l'_{K-1}. The chain
-    is the current policy's own continuation from x'_{k+1}, so its rest is a sample of Q(s', x'_{k+1}, k): no in-chain bootstrap."""
+    is the current policy's own continuation from x'_{k+1}, so its rest is an unbiased sample for Q(s', tanh(x'_{k+1}), k):
+    every target bootstraps only the env-step critic Qbar_i(s', a', K-1)."""
     with torch.no_grad():
         next_obs, next_action = batch["next_obs"], torch.tanh(chain[:, -1])
         k_last = torch.full_like(k, actor.diffusion_steps - 1)
@@ -350,7 +352,7 @@ def temperature_loss(log_alpha, entropy, target_entropy):
 
 # ============ EVALUATION AND CHECKPOINTS ============
 def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=None):
-    """Undiscounted returns of `episodes` episodes on a fresh env, env and sampler seeded seed, seed+1, ..."""
+    """Undiscounted returns of `episodes` episodes on a fresh env, episode i reset with seed + i, the sampler's noise seeded with seed"""
     env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
     if video_dir:
         env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda _: True, disable_logger=True)
@@ -450,14 +452,8 @@ if __name__ == "__main__":
     recent_returns, last_log, next_eval, last_print, last_print_step = [], 0, args.eval_frequency, start_time, 0
     num_iterations = args.total_timesteps // args.num_envs
     stop = []  # Ctrl-C or SIGTERM: finish the iteration, then save and exit; a second one exits at once
-
-    def request_stop(signum, frame):
-        if stop:
-            raise KeyboardInterrupt
-        stop.append(signum)
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # the second signal raises KeyboardInterrupt
+        signal.signal(signum, lambda signum, frame: signal.default_int_handler(signum, frame) if stop else stop.append(signum))
     for iteration in range(1, num_iterations + 1):
         global_step, final = iteration * args.num_envs, iteration == num_iterations
         if global_step <= args.learning_starts:

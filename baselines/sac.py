@@ -249,7 +249,7 @@ def temperature_loss(log_alpha, entropy, target_entropy):
 
 # ============ EVALUATION AND CHECKPOINTS ============
 def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=None):
-    """Undiscounted returns of `episodes` episodes on a fresh env, env and sampler seeded seed, seed+1, ..."""
+    """Undiscounted returns of `episodes` episodes on a fresh env, episode i reset with seed + i, the sampler's noise seeded with seed"""
     env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
     if video_dir:
         env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda _: True, disable_logger=True)
@@ -347,14 +347,8 @@ if __name__ == "__main__":
     recent_returns, last_log, next_eval, last_print, last_print_step = [], 0, args.eval_frequency, start_time, 0
     num_iterations = args.total_timesteps // args.num_envs
     stop = []  # Ctrl-C or SIGTERM: finish the iteration, then save and exit; a second one exits at once
-
-    def request_stop(signum, frame):
-        if stop:
-            raise KeyboardInterrupt
-        stop.append(signum)
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # the second signal raises KeyboardInterrupt
+        signal.signal(signum, lambda signum, frame: signal.default_int_handler(signum, frame) if stop else stop.append(signum))
     for iteration in range(1, num_iterations + 1):
         global_step, final = iteration * args.num_envs, iteration == num_iterations
         if global_step <= args.learning_starts:

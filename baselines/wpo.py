@@ -319,7 +319,7 @@ def actor_loss(batch, actor, qf, alpha, beta, kl_bound):
 # ============ EVALUATION AND CHECKPOINTS ============
 @torch.no_grad()
 def evaluate(agent, env_id, episodes, seed, deterministic, device, video_dir=None):
-    """Undiscounted returns of `episodes` episodes on a fresh env, env and sampler seeded seed, seed+1, ..."""
+    """Undiscounted returns of `episodes` episodes on a fresh env, episode i reset with seed + i, the sampler's noise seeded with seed"""
     env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
     if video_dir:
         env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda _: True, disable_logger=True)
@@ -396,11 +396,6 @@ if __name__ == "__main__":
             writer.add_scalar(tag, value, step)
         print(json.dumps({"step": step, "time": round(time.time() - start_time, 2), **scalars}), file=metrics_file, flush=True)
 
-    def request_stop(signum, frame):  # Ctrl-C or SIGTERM: finish the iteration, save, exit; a second one exits at once
-        if stop:
-            raise KeyboardInterrupt
-        stop.append(signum)
-
     env_fns = [lambda i=i: make_env(args.env_id, args.seed + i) for i in range(args.num_envs)]
     envs = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     obs_dim, action_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
@@ -416,9 +411,10 @@ if __name__ == "__main__":
 
     obs, _ = envs.reset(seed=args.seed)
     global_step, recent_returns, next_eval, last_print, last_print_step = 0, [], args.eval_frequency, start_time, 0
-    vector_steps, stop = args.total_timesteps // args.num_envs, []
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    vector_steps = args.total_timesteps // args.num_envs
+    stop = []  # Ctrl-C or SIGTERM: finish the iteration, then save and exit; a second one exits at once
+    for signum in (signal.SIGINT, signal.SIGTERM):  # the second signal raises KeyboardInterrupt
+        signal.signal(signum, lambda signum, frame: signal.default_int_handler(signum, frame) if stop else stop.append(signum))
     for iteration_start in range(0, vector_steps, args.num_steps):
         # --- rollout: num_steps steps of every env with the current policy, stacked to (T, N, ...) ---
         rollout_steps, rollout = min(args.num_steps, vector_steps - iteration_start), []
