@@ -12,15 +12,14 @@ x_{k+1}, env reward and discount only at k = K-1) and replaces log pi by the log
 the u = 0 chain run backwards, so that l_k measures how far u moves x away from the prior:
 
     p(x_k | x_{k+1}) = N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k),   l_k = log q(x_{k+1}|x_k,s,k) - log p(x_k|x_{k+1})
-    l_{K-1} also subtracts sum_d log(1 - tanh(x_{K,d})^2)    (the tanh correction, as in SAC)
+    l_{K-1} -= sum_d log(1 - tanh(x_{K,d})^2)    (tanh correction, as in SAC)
     H_hat = H_prior - sum_k l_k  <=  H(pi(.|s)) in expectation,  H_prior = A/2 log(2 pi e sigma_p^2)
 
-SAC runs on the DA-MDP. Each DA step k earns the bonus -alpha l_k; the env step (k = K-1) also earns r, and each new
-chain's x_0 earns alpha H_prior, so the bonuses of one env step sum to alpha H_hat. The buffer holds env transitions
-(s, a, r, s') and no x_k, which would be an old policy's. Each update draws one chain x'_0 -> x'_K of the current policy
-(no gradient) at each replayed s', with a' = tanh(x'_K). Each replayed transition gives two rows (DA transitions): its env
-step k = K-1 and one in-chain step k < K-1 (uniform). The chain supplies both rows' targets and the actor's inputs; the
-actor's gradient goes through one kernel step per row, never through the chain:
+SAC runs on the DA-MDP: DA step k earns -alpha l_k, the env step r, each new chain's x_0 alpha H_prior (so the bonuses
+of an env step sum to alpha H_hat). The buffer holds env transitions (s, a, r, s') and no x_k, which would be an old
+policy's: each update draws one chain x'_0 -> x'_K of the current policy (no gradient) at the replayed s', a' = tanh(x'_K),
+for the targets, the in-chain rows and the actor, whose gradient goes through one kernel step per row, never the chain.
+A row is one DA transition, at k = K-1 (share --last-step-share) or k < K-1 (uniform):
 
     row k = K-1    y = r + gamma (1 - terminated) [min_i Qbar_i(s', a', K-1) - alpha (sum_j l'_j - H_prior)],  for Q_i(s, a, K-1)
     row k < K-1    y = min_i Qbar_i(s', a', K-1) - alpha (l'_{k+1} + ... + l'_{K-1}),  for Q_i(s', tanh(x'_{k+1}), k)
@@ -91,7 +90,7 @@ class Args:
     tau: float = 0.005
     """Polyak coefficient of the target critics"""
     batch_size: int = 256
-    """the minibatch size of each gradient update (DA transitions, two per replayed env transition)"""
+    """the minibatch size of each gradient update"""
     learning_starts: int = 5_000
     """env steps of warm-up before the first gradient update"""
     policy_lr: float = 3e-4
@@ -110,6 +109,8 @@ class Args:
     """K, the number of denoising steps of the chain"""
     prior_std: float = 3.0
     """sigma_p, the std of the prior x_0 ~ N(0, sigma_p^2 I) in pre-tanh space"""
+    last_step_share: float = 0.5
+    """share of each batch's DA transitions at the env step k = K-1; the rest have k uniform below K-1"""
     eta_max: float = 1.0
     """upper bound of the learned step sizes eta_k (kernel std at most sqrt(2 eta_max))"""
     eta_lr: float | None = None
@@ -154,7 +155,7 @@ def check_args(args):
         rules += [(name, "must lie in [0, 1]", 0 <= getattr(args, name) <= 1) for name in ("gamma", "tau")]
         rules += [(name, "must be at least 1", getattr(args, name) >= 1) for name in ("num_envs", "diffusion_steps")]
         rules += [("eta_lr", "must be positive", args.eta_lr is None or args.eta_lr > 0)]
-        rules += [("batch_size", "must be even (two rows per replayed transition)", args.batch_size % 2 == 0)]
+        rules += [("last_step_share", "must lie strictly between 0 and 1", 0 < args.last_step_share < 1)]
         rules += [("eta_max", "must exceed 0.5, the first step's initial step size", args.eta_max > 0.5)]
     for name, rule, holds in rules:
         if not holds:
@@ -303,13 +304,11 @@ class ReplayBuffer:
         return {field: torch.as_tensor(getattr(self, field)[idx], device=self.device) for field in self.fields}
 
 
-def two_rows(batch, chain, log_ratios, diffusion_steps):
-    """Each replayed transition and its chain as two rows: the env step k = K-1, then one in-chain step k < K-1 (uniform;
-    with K = 1 both rows are the env step). Returns the batch, chain and log ratios repeated twice, and k."""
-    in_chain_k = torch.randint(max(diffusion_steps - 1, 1), (len(chain),), device=chain.device)
-    k = torch.cat([torch.full_like(in_chain_k, diffusion_steps - 1), in_chain_k])
-    twice = {field: torch.cat([value, value]) for field, value in batch.items()}
-    return twice, torch.cat([chain, chain]), torch.cat([log_ratios, log_ratios]), k
+def sample_steps(batch_size, diffusion_steps, last_step_share, device):
+    """Denoising steps k of a batch of DA transitions: K-1 (the env step) with probability last_step_share, else uniform below."""
+    share = 1.0 if diffusion_steps == 1 else last_step_share  # with K = 1 every row is the env step; max(., 1) keeps randint valid
+    below = torch.randint(max(diffusion_steps - 1, 1), (batch_size,), device=device)
+    return torch.where(torch.rand(batch_size, device=device) < share, diffusion_steps - 1, below)
 
 
 def critic_target(batch, k, chain, log_ratios, actor, qf1_target, qf2_target, alpha, gamma):
@@ -471,11 +470,11 @@ if __name__ == "__main__":
 
         if global_step > args.learning_starts:
             for _ in range(args.num_envs):  # one gradient update per env step
-                batch = rb.sample(args.batch_size // 2)
+                batch = rb.sample(args.batch_size)
                 alpha = log_alpha.exp().item()
+                k = sample_steps(args.batch_size, args.diffusion_steps, args.last_step_share, device)
                 with torch.no_grad():  # a sample of the current policy at the replayed s'
                     _, chain, log_ratios = actor.sample(batch["next_obs"])
-                batch, chain, log_ratios, k = two_rows(batch, chain, log_ratios, args.diffusion_steps)
                 qf_loss, qf1_values = critic_loss(batch, k, chain, log_ratios, actor, qf1, qf2, qf1_target, qf2_target, alpha, args.gamma)
                 gradient_step(q_optimizer, qf_loss, "qf_loss", global_step)
                 policy_loss = actor_loss(batch, k, chain, actor, qf1, qf2, alpha)

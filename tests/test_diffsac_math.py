@@ -235,22 +235,15 @@ def test_critic_loss_scores_the_replayed_action_at_the_env_step_and_the_chain_in
     torch.testing.assert_close(loss, expected)
 
 
-@pytest.mark.parametrize("diffusion_steps", [8, 4, 1])
-def test_each_transition_and_its_chain_give_an_env_step_row_and_an_in_chain_row(diffsac, diffusion_steps):
+@pytest.mark.parametrize(("diffusion_steps", "share"), [(8, 0.5), (4, 0.1), (1, 0.5)])
+def test_sample_steps_frequencies(diffsac, diffusion_steps, share):
     torch.manual_seed(0)
-    n = 50_000
-    batch = {"obs": torch.randn(n, OBS_DIM), "rewards": torch.arange(n, dtype=torch.float32)}
-    chain, log_ratios = torch.randn(n, diffusion_steps + 1, ACTION_DIM), torch.randn(n, diffusion_steps)
-    rows, rows_chain, rows_log_ratios, k = diffsac.two_rows(batch, chain, log_ratios, diffusion_steps)
-    # row i and row n + i are the same transition with the same chain
-    for field in batch:
-        assert torch.equal(rows[field][:n], batch[field]) and torch.equal(rows[field][n:], batch[field])
-    assert torch.equal(rows_chain, torch.cat([chain, chain])) and torch.equal(rows_log_ratios, torch.cat([log_ratios, log_ratios]))
-    # the first row is the env step; the second an in-chain step, uniform below K-1 (K = 1: the env step again)
-    assert torch.equal(k[:n], torch.full((n,), diffusion_steps - 1))
-    below = max(diffusion_steps - 1, 1)
-    frequency = torch.bincount(k[n:], minlength=below).float() / n
-    torch.testing.assert_close(frequency, torch.full((below,), 1 / below), atol=0.01, rtol=0)
+    k = diffsac.sample_steps(200_000, diffusion_steps, share, "cpu")
+    frequency = torch.bincount(k, minlength=diffusion_steps).float() / len(k)
+    last_share = 1.0 if diffusion_steps == 1 else share
+    expected = torch.full((diffusion_steps,), (1 - last_share) / max(diffusion_steps - 1, 1))
+    expected[-1] = last_share
+    torch.testing.assert_close(frequency, expected, atol=0.005, rtol=0)
 
 
 @pytest.mark.parametrize(("entropy", "direction"), [(-10.0, -1), (-20.0, 1)])

@@ -97,7 +97,7 @@ def test_bad_input_exits_with_one_clear_line(script, args, message, tmp_path):
     [
         (["--diffusion-steps", 0], "error: --diffusion-steps must be at least 1, got 0"),
         (["--eta-max", 0.4], "error: --eta-max must exceed 0.5, the first step's initial step size, got 0.4"),
-        (["--batch-size", 255], "error: --batch-size must be even (two rows per replayed transition), got 255"),
+        (["--last-step-share", 1.0], "error: --last-step-share must lie strictly between 0 and 1, got 1.0"),
         (["--eta-lr", 0], "error: --eta-lr must be positive, got 0.0"),
     ],
 )
@@ -124,5 +124,5 @@ def test_diffsac_step_sizes_have_their_own_learning_rate(tmp_path):
         initial = torch.logit(0.5 * (0.17 + 0.83 * (8 - torch.arange(8.0)) / 8))[:, None]  # eta_k = 0.5 sched(k), eta_max 1
         drift = checkpoint["actor"]["net.6.weight"]  # the drift network's last layer starts at zero
         moved[name] = ((checkpoint["actor"]["eta_param"] - initial).abs().max().item(), drift.abs().max().item())
-    assert moved["fast_eta"][0] > 0.1 and moved["fast_eta"][1] < 1e-4
+    assert moved["fast_eta"][0] > 0.3 and moved["fast_eta"][1] < 1e-4
     assert moved["slow_eta"][0] < 1e-3 and moved["slow_eta"][1] > 0.05
