@@ -12,14 +12,15 @@ x_{k+1}, env reward and discount only at k = K-1) and replaces log pi by the log
 the u = 0 chain run backwards, so that l_k measures how far u moves x away from the prior:
 
     p(x_k | x_{k+1}) = N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k),   l_k = log q(x_{k+1}|x_k,s,k) - log p(x_k|x_{k+1})
-    l_{K-1} -= sum_d log(1 - tanh(x_{K,d})^2)    (tanh correction, as in SAC)
+    l_{K-1} also subtracts sum_d log(1 - tanh(x_{K,d})^2)    (the tanh correction, as in SAC)
     H_hat = H_prior - sum_k l_k  <=  H(pi(.|s)) in expectation,  H_prior = A/2 log(2 pi e sigma_p^2)
 
-SAC runs on the DA-MDP: DA step k earns -alpha l_k, the env step r, each new chain's x_0 alpha H_prior (so the bonuses
-of an env step sum to alpha H_hat). The buffer holds env transitions (s, a, r, s') and no x_k, which would be an old
-policy's: each update draws one chain x'_0 -> x'_K of the current policy (no gradient) at the replayed s', a' = tanh(x'_K),
-for the targets, the in-chain rows and the actor, whose gradient goes through one kernel step per row, never the chain.
-A row is one DA transition, at k = K-1 (share --last-step-share) or k < K-1 (uniform):
+SAC runs on the DA-MDP. Each DA step k earns the bonus -alpha l_k; the env step (k = K-1) also earns r, and each new
+chain's x_0 earns alpha H_prior, so the bonuses of one env step sum to alpha H_hat. The buffer holds env transitions
+(s, a, r, s') and no x_k, which would be an old policy's. Each update draws one chain x'_0 -> x'_K of the current policy
+(no gradient) at each replayed s', with a' = tanh(x'_K). A row of the batch is one DA transition, at k = K-1 (share
+--last-step-share) or k < K-1 (uniform). The chain supplies the rows' targets and the actor's inputs; the actor's
+gradient goes through one kernel step per row, never through the chain:
 
     row k = K-1    y = r + gamma (1 - terminated) [min_i Qbar_i(s', a', K-1) - alpha (sum_j l'_j - H_prior)],  for Q_i(s, a, K-1)
     row k < K-1    y = min_i Qbar_i(s', a', K-1) - alpha (l'_{k+1} + ... + l'_{K-1}),  for Q_i(s', tanh(x'_{k+1}), k)
