@@ -382,7 +382,7 @@ def actor_loss(batch, actor, qf, alpha, beta, kl_bound):
 # ============ EVALUATION AND CHECKPOINTS ============
 @torch.no_grad()
 def evaluate(agent, env_id, episodes, seed, deterministic, device, video_dir=None):
-    """Undiscounted returns of `episodes` episodes on a fresh env, episode i reset with seed + i, the sampler's noise seeded with seed"""
+    """Undiscounted returns of `episodes` episodes on a fresh env, episode i reset with seed + i."""
     env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
     if video_dir:
         env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda _: True, disable_logger=True)

@@ -265,8 +265,7 @@ def value_loss(critic, batch, clip_coef, clip_vloss):
 # ============ EVALUATION AND CHECKPOINTS ============
 @torch.no_grad()
 def evaluate(agent, env_id, episodes, seed, deterministic, device, video_dir=None):
-    """Undiscounted returns of `episodes` episodes (episode i reset with seed + i, the sampler's noise seeded with seed),
-    observation statistics frozen."""
+    """Undiscounted returns of `episodes` episodes, episode i reset with seed + i; observation statistics frozen."""
     env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
     if video_dir:
         env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda _: True, disable_logger=True)
