@@ -334,14 +334,14 @@ def make_policy(obs_dim, action_dim, args):
 
 
 class Agent(nn.Module):
-    """The policy behind the running observation normaliser: sample() takes raw observations; both are saved together."""
+    """The policy behind the running observation normaliser: sample() takes raw observations (evaluation: no l_k); both saved."""
 
     def __init__(self, obs_dim, policy):
         super().__init__()
         self.obs_norm, self.policy = ObservationNormalizer(obs_dim), policy
 
     def sample(self, obs, deterministic=False):
-        return self.policy.sample(self.obs_norm(obs), deterministic)
+        return self.policy.sample(self.obs_norm(obs), deterministic, with_log_ratios=False)
 
 
 def gaussian_kl(mean_old, std_old, mean, std):
@@ -490,7 +490,7 @@ if __name__ == "__main__":
             with torch.no_grad():
                 agent.obs_norm.update(obs_tensor)
                 norm_obs = agent.obs_norm(obs_tensor)
-                actions, chains, _ = actor.sample(norm_obs)
+                actions, chains, _ = actor.sample(norm_obs, with_log_ratios=False)
             obs, rewards, terminations, truncations, infos = envs.step(to_env(actions.cpu().numpy(), envs.single_action_space))
             for i in np.flatnonzero(infos.get("_final_info", [])):
                 episode = infos["final_info"]["episode"]

@@ -298,8 +298,8 @@ class Agent(nn.Module):
         )
 
     def sample(self, obs, deterministic=False):
-        """The policy's sample from raw observations, normalised with the frozen statistics; [0] is the squashed action."""
-        return self.policy.sample(self.obs_rms.normalize(obs), deterministic)
+        """Evaluation's sample from raw observations, normalised with the frozen statistics: [0] is the squashed action, no l_k."""
+        return self.policy.sample(self.obs_rms.normalize(obs), deterministic, with_log_ratios=False)
 
 
 def da_mdp_sequence(env_rewards, env_dones, log_ratio, ent_coef, gamma, gae_lambda):

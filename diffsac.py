@@ -366,7 +366,7 @@ def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=Non
             terminated = truncated = False
             while not (terminated or truncated):
                 with torch.no_grad():
-                    action = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)[0]
+                    action = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic, False)[0]
                 obs, reward, terminated, truncated, _ = env.step(to_env(action[0].cpu().numpy(), env.action_space))
                 returns[episode] += float(reward)
     env.close()
@@ -462,7 +462,7 @@ if __name__ == "__main__":
             actions = np.random.uniform(-1, 1, (args.num_envs, action_dim)).astype(np.float32)
         else:
             with torch.no_grad():
-                actions = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device))[0].cpu().numpy()
+                actions = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device), with_log_ratios=False)[0].cpu().numpy()
         next_obs, rewards, terminations, truncations, infos = envs.step(to_env(actions, envs.single_action_space))
         for i in np.flatnonzero(infos.get("_final_info", [])):
             episode = infos["final_info"]["episode"]

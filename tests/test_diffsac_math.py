@@ -114,6 +114,19 @@ def test_deterministic_chain_starts_at_zero_and_follows_the_kernel_mean(diffsac)
     torch.testing.assert_close(action, torch.tanh(x))
 
 
+def test_acting_without_log_ratios_draws_the_same_chain(diffsac):
+    """with_log_ratios=False (acting, evaluation) skips the l_k only: same seed, same action and chain, None for the l_k."""
+    policy = make_policy(diffsac)
+    obs = torch.randn(5, OBS_DIM)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        action, chain, log_ratios = policy.sample(obs)
+        torch.manual_seed(3)
+        action_fast, chain_fast, none = policy.sample(obs, with_log_ratios=False)
+    assert log_ratios.shape == (5, 4) and none is None
+    assert torch.equal(action, action_fast) and torch.equal(chain, chain_fast)
+
+
 class StepValueCritic(torch.nn.Module):
     """A stand-in critic Q(s, a, k) = 100 k + s_0 + offset that ignores a, so targets are known by hand."""
 
