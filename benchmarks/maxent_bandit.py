@@ -187,7 +187,7 @@ def train(script, flags, family, options):
         command += ["--learning-starts", str(min(1000, options.total_timesteps // 4))]  # one-step episodes need no long warm-up
     command += flags + TEMPERATURE_FLAGS[family](options.alpha)
     options.runs_dir.mkdir(parents=True, exist_ok=True)
-    print(f"training: {shlex.join(command[1:])} (in {options.runs_dir})", flush=True)
+    print(f"training: {shlex.join([script, *command[2:]])} (in {options.runs_dir})", flush=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     result = subprocess.run(command, cwd=options.runs_dir, env=env, capture_output=True, text=True)
     if result.returncode != 0:
@@ -432,7 +432,7 @@ def main():
         "command": shlex.join(sys.argv),
         "script": script,
         "script_flags": flags,
-        "training_command": shlex.join(command[1:]) if command else None,
+        "training_command": shlex.join([script, *command[2:]]) if command else None,  # the repository path, not this machine's
         "checkpoint": str(checkpoint),
         "env_id": saved.env_id,
         "env_steps": int(env_steps),

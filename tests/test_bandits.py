@@ -183,7 +183,7 @@ def test_smoke_benchmark_trains_diffsac_for_300_env_steps_and_writes_its_summary
         assert out.with_suffix(suffix).is_file()
     summary = json.loads(out.with_suffix(".json").read_text())
     assert summary["env_steps"] == 300 and summary["alpha"] == 0.2 and summary["temperature_flag"] == "--alpha-init"
-    assert "--no-autotune --alpha-init 0.2" in summary["training_command"]
+    assert summary["training_command"].startswith("diffsac.py --env-id") and "--no-autotune --alpha-init 0.2" in summary["training_command"]
     assert len(summary["learned_masses"]) == 3 and sum(summary["learned_masses"]) <= 1 + 1e-9
     (comparison,) = summary["comparisons"]  # DiffSAC normalises no rewards: alpha alone
     assert sum(comparison["masses"]) <= 1 + 1e-9 and 0 <= comparison["tv"] <= 1
