@@ -9,10 +9,13 @@ steps' drift contracts adds little; the twin's counterpart is its std (policy/st
     python benchmarks/chain_noise.py --script diffwpo.py --checkpoint runs/RUN/model.pt
 
 std(x_K|s) is in pre-tanh units, averaged over states and action dims; std(tanh|s) is the same in [-1, 1].
+Last, the entropy of the squashed action given s, estimated from the samples by nearest neighbours, next to the
+chain's own lower bound H_hat = H_prior - sum_k l_k at the same states: their difference is the bound's gap.
 """
 
 import argparse
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
@@ -62,6 +65,29 @@ def spread(x):
     return x.std(1).mean().item(), x.tanh().std(1).mean().item(), (x.tanh().abs() > 0.99).float().mean().item()
 
 
+def knn_entropy(x, k=5):
+    """Kozachenko-Leonenko estimate of the differential entropy (nats) of the rows of x (N, d), from each row's distance
+    to its k-th nearest neighbour: H = psi(N) - psi(k) + log V_d + d mean(log eps_i), V_d the unit ball's volume."""
+    n, d = x.shape
+    distance = torch.cdist(x, x)
+    distance.fill_diagonal_(float("inf"))
+    eps = distance.topk(k, largest=False).values[:, -1]
+    digamma = torch.special.digamma(torch.tensor([float(n), float(k)], dtype=torch.float64))
+    log_ball = d / 2 * math.log(math.pi) - math.lgamma(d / 2 + 1)
+    return (digamma[0] - digamma[1]).item() + log_ball + d * eps.log().mean().item()
+
+
+@torch.no_grad()
+def entropy_and_bound(policy, obs_norm, samples):
+    """Mean over states of the k-NN entropy of tanh(x_K) given s and of the chain's bound H_hat at s."""
+    estimates, bounds = [], []
+    for state in obs_norm:
+        action, _, log_ratios = policy.sample(state[None].repeat(samples, 1))
+        estimates.append(knn_entropy(action.double()))
+        bounds.append(policy.prior_entropy() - log_ratios.sum(-1).mean().item())
+    return float(np.mean(estimates)), float(np.mean(bounds))
+
+
 def visited_states(actor, module, env_id, steps, every, seed):
     """Raw observations from one stochastic run of the policy, one every `every` env steps."""
     env = gym.make(env_id)
@@ -86,13 +112,14 @@ def main():
     parser.add_argument("--env-steps", type=int, default=400, help="env steps of the run that collects states")
     parser.add_argument("--every", type=int, default=8, help="keep one state every this many env steps")
     parser.add_argument("--samples", type=int, default=64, help="chains per state")
+    parser.add_argument("--entropy-samples", type=int, default=3000, help="chains per state for the entropy estimate")
     parser.add_argument("--seed", type=int, default=5)
     options = parser.parse_args()
     for name in ("script", "checkpoint"):
         if not Path(getattr(options, name)).is_file():
             raise SystemExit(f"error: --{name} {getattr(options, name)} is not a file")
-    if min(options.env_steps, options.every) < 1 or options.samples < 2:
-        raise SystemExit("error: --env-steps and --every must be at least 1, --samples at least 2")
+    if min(options.env_steps, options.every) < 1 or options.samples < 2 or options.entropy_samples < 10:
+        raise SystemExit("error: --env-steps and --every must be at least 1, --samples at least 2, --entropy-samples at least 10")
 
     torch.manual_seed(options.seed)
     module = load_script(options.script)
@@ -108,6 +135,11 @@ def main():
     for j in range(policy.diffusion_steps):
         alone = spread(chain_end(policy, obs_norm, options.samples, False, False, only_step=j))[0]
         print(f"| {j} | {eta[j]:.3f} | {torch.sqrt(2 * eta[j]):.3f} | {alone:.3f} |")
+    entropy, bound = entropy_and_bound(policy, obs_norm, options.entropy_samples)
+    print(
+        f"\nH(tanh(x_K) given s), {options.entropy_samples} chains per state: k-NN estimate {entropy:.2f} nats, "
+        f"the bound H_hat {bound:.2f}, gap {entropy - bound:.2f}"
+    )
 
 
 if __name__ == "__main__":

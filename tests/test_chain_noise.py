@@ -59,3 +59,18 @@ def test_reads_every_diffusion_script_s_checkpoint(script, tmp_path):
     assert result.returncode == 0, result.stderr
     steps = [line for line in result.stdout.splitlines() if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
     assert len(steps) == 2  # K = 2: one row per denoising step
+    assert "k-NN estimate" in result.stdout.splitlines()[-1]
+
+
+def test_nearest_neighbour_entropy_matches_closed_forms():
+    torch.manual_seed(0)
+    # a Gaussian with covariance diag(0.3^2, 0.1^2, 0.5^2): H = 1/2 log((2 pi e)^3 det)
+    scales = torch.tensor([0.3, 0.1, 0.5], dtype=torch.float64)
+    gaussian = torch.randn(3000, 3, dtype=torch.float64) * scales
+    expected = 0.5 * np.log((2 * np.pi * np.e) ** 3 * (scales**2).prod().item())
+    assert chain_noise.knn_entropy(gaussian) == pytest.approx(expected, abs=0.05)
+    # uniform on [0, 0.5]^2: H = 2 log 0.5 (the estimate is biased upwards at the support's edges, here by 0.05 nats);
+    # scaling by 4 adds 2 log 4
+    uniform = 0.5 * torch.rand(3000, 2, dtype=torch.float64)
+    assert chain_noise.knn_entropy(uniform) == pytest.approx(2 * np.log(0.5), abs=0.1)
+    assert chain_noise.knn_entropy(4 * uniform) - chain_noise.knn_entropy(uniform) == pytest.approx(2 * np.log(4), abs=1e-9)
