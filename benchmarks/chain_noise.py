@@ -1,4 +1,4 @@
-"""How noisy is a trained diffusion policy, and which denoising step the noise comes from.
+"""How noisy is a trained diffusion policy, which denoising step the noise comes from, and how loose its entropy bound is.
 
 For states visited by the policy, the chain is run `--samples` times per state and the spread of x_K given s
 is measured three ways: with all noise, with kernel noise only (x_0 = 0) and with prior noise only (every step
@@ -88,8 +88,8 @@ def entropy_and_bound(policy, obs_norm, samples):
     return float(np.mean(estimates)), float(np.mean(bounds))
 
 
-def visited_states(actor, module, env_id, steps, every, seed):
-    """Raw observations from one stochastic run of the policy, one every `every` env steps."""
+def visited_states(actor, module, env_id, steps, every, seed, random_actions=False):
+    """Raw observations from one stochastic run of the policy (or of uniform random actions), one every `every` env steps."""
     env = gym.make(env_id)
     obs, _ = env.reset(seed=seed)
     states = []
@@ -98,6 +98,8 @@ def visited_states(actor, module, env_id, steps, every, seed):
             if t % every == 0:
                 states.append(obs)
             action = actor.sample(torch.as_tensor(obs, dtype=torch.float32)[None])[0]  # every script's sample takes raw observations
+            if random_actions:  # the states of a warm-up phase, which stay in a replay buffer
+                action = torch.empty_like(action).uniform_(-1, 1)
             obs, _, terminated, truncated, _ = env.step(module.to_env(action.numpy()[0], env.action_space))
             if terminated or truncated:
                 obs, _ = env.reset()
@@ -112,6 +114,7 @@ def main():
     parser.add_argument("--env-steps", type=int, default=400, help="env steps of the run that collects states")
     parser.add_argument("--every", type=int, default=8, help="keep one state every this many env steps")
     parser.add_argument("--samples", type=int, default=64, help="chains per state")
+    parser.add_argument("--random-actions", action="store_true", help="collect the states with uniform random actions")
     parser.add_argument("--entropy-samples", type=int, default=3000, help="chains per state for the entropy estimate")
     parser.add_argument("--seed", type=int, default=5)
     options = parser.parse_args()
@@ -125,7 +128,8 @@ def main():
     module = load_script(options.script)
     actor, saved, _ = module.load_actor(options.checkpoint, "cpu")
     policy, normalize = split(actor)
-    obs_norm = normalize(visited_states(actor, module, saved.env_id, options.env_steps, options.every, options.seed))
+    states = visited_states(actor, module, saved.env_id, options.env_steps, options.every, options.seed, options.random_actions)
+    obs_norm = normalize(states)
     print(f"{saved.env_id}, {len(obs_norm)} states x {options.samples} chains, K = {policy.diffusion_steps}")
     print("| noise | std(x_K given s) | std(tanh given s) | saturated |\n|---|---|---|---|")
     for name, prior, kernel in [("all", True, True), ("kernel only (x_0 = 0)", False, True), ("prior only", True, False)]:

@@ -74,3 +74,16 @@ def test_nearest_neighbour_entropy_matches_closed_forms():
     uniform = 0.5 * torch.rand(3000, 2, dtype=torch.float64)
     assert chain_noise.knn_entropy(uniform) == pytest.approx(2 * np.log(0.5), abs=0.1)
     assert chain_noise.knn_entropy(4 * uniform) - chain_noise.knn_entropy(uniform) == pytest.approx(2 * np.log(4), abs=1e-9)
+
+
+def test_states_of_random_actions_differ_from_the_policy_s():
+    module = chain_noise.load_script(REPO / "diffsac.py")
+    torch.manual_seed(0)
+    actor = module.DiffusionPolicy(17, 6, 16, 2, 1.0, 1.0, True)
+    with torch.no_grad():
+        actor.net[-1].bias.fill_(-3.0)  # the policy pushes every coordinate towards -1; random actions do not
+    policy_states = chain_noise.visited_states(actor, module, "HalfCheetah-v5", 40, 4, 0)
+    random_states = chain_noise.visited_states(actor, module, "HalfCheetah-v5", 40, 4, 0, random_actions=True)
+    assert policy_states.shape == random_states.shape == (10, 17)
+    assert torch.equal(policy_states[0], random_states[0])  # the same reset
+    assert not torch.allclose(policy_states[1:], random_states[1:])
