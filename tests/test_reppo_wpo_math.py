@@ -240,6 +240,22 @@ def test_da_policy_kernel_and_log_ratio_are_diffsac_s(da_reppo):
     assert ours.prior_entropy() == theirs.prior_entropy()
 
 
+def test_the_four_diffusion_scripts_share_the_policy_class_word_for_word():
+    """DiffusionPolicy (kernel, log ratio, step, chain sampling) is the same source text in all four diffusion scripts."""
+    import ast
+    from pathlib import Path
+
+    sources = {}
+    for script in ("diffsac.py", "diffppo.py", "da_mdp_reppo.py", "diffwpo.py"):
+        text = (Path(__file__).parents[1] / script).read_text()
+        classes = [node for node in ast.parse(text).body if isinstance(node, ast.ClassDef) and node.name == "DiffusionPolicy"]
+        assert len(classes) == 1, script
+        sources[script] = ast.get_source_segment(text, classes[0])
+    assert len(sources["diffsac.py"].splitlines()) > 40
+    for script, source in sources.items():
+        assert source == sources["diffsac.py"], f"{script}'s DiffusionPolicy differs from diffsac.py's"
+
+
 def test_da_sample_returns_the_log_ratios_its_update_recomputes(da_reppo):
     """The rollout's chains are cut into DA transitions (s, x_k, k) -> x_{k+1} as the training loop does: log_ratio there
     gives sample()'s l_k, and the logged entropy bound H_p - sum_k l_k uses H_p, the entropy of N(0, sigma_p^2 I)."""
