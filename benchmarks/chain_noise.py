@@ -82,8 +82,8 @@ def entropy_and_bound(policy, obs_norm, samples):
     """Mean over states of the k-NN entropy of tanh(x_K) given s and of the chain's bound H_hat at s."""
     estimates, bounds = [], []
     for state in obs_norm:
-        action, _, log_ratios = policy.sample(state[None].repeat(samples, 1))
-        estimates.append(knn_entropy(action.double()))
+        _, chain, log_ratios = policy.sample(state[None].repeat(samples, 1))
+        estimates.append(knn_entropy(chain[:, -1].double().tanh()))  # tanh in float64: saturated samples stay distinct
         bounds.append(policy.prior_entropy() - log_ratios.sum(-1).mean().item())
     return float(np.mean(estimates)), float(np.mean(bounds))
 
@@ -97,9 +97,10 @@ def visited_states(actor, module, env_id, steps, every, seed, random_actions=Fal
         for t in range(steps):
             if t % every == 0:
                 states.append(obs)
-            action = actor.sample(torch.as_tensor(obs, dtype=torch.float32)[None])[0]  # every script's sample takes raw observations
             if random_actions:  # the states of a warm-up phase, which stay in a replay buffer
-                action = torch.empty_like(action).uniform_(-1, 1)
+                action = torch.empty(1, env.action_space.shape[0]).uniform_(-1, 1)
+            else:  # every script's sample takes raw observations
+                action = actor.sample(torch.as_tensor(obs, dtype=torch.float32)[None])[0]
             obs, _, terminated, truncated, _ = env.step(module.to_env(action.numpy()[0], env.action_space))
             if terminated or truncated:
                 obs, _ = env.reset()

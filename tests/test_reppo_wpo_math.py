@@ -4,13 +4,14 @@ HL-Gauss projection, soft TD(lambda) on a hand-computed DA rollout, the closed-f
 trust region, the WPO actor gradient where it is known in closed form, and the running normalisers.
 """
 
+import ast
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import load_script
+from tests.conftest import REPO, load_script
 
 
 def test_hl_gauss_mean_matches_the_target_away_from_the_edges(reppo):
@@ -242,12 +243,9 @@ def test_da_policy_kernel_and_log_ratio_are_diffsac_s(da_reppo):
 
 def test_the_four_diffusion_scripts_share_the_policy_class_word_for_word():
     """DiffusionPolicy (kernel, log ratio, step, chain sampling) is the same source text in all four diffusion scripts."""
-    import ast
-    from pathlib import Path
-
     sources = {}
     for script in ("diffsac.py", "diffppo.py", "da_mdp_reppo.py", "diffwpo.py"):
-        text = (Path(__file__).parents[1] / script).read_text()
+        text = (REPO / script).read_text()
         classes = [node for node in ast.parse(text).body if isinstance(node, ast.ClassDef) and node.name == "DiffusionPolicy"]
         assert len(classes) == 1, script
         sources[script] = ast.get_source_segment(text, classes[0])
