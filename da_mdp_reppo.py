@@ -263,11 +263,9 @@ class DiffusionPolicy(nn.Module):
         self.action_dim, self.diffusion_steps, self.prior_std = action_dim, diffusion_steps, prior_std
         self.eta_max, self.tanh_correction = eta_max, tanh_correction
         self.net = mlp(obs_dim + action_dim + diffusion_steps, action_dim, hidden_dim)
-        # u starts at zero: the initial chain is an Ornstein-Uhlenbeck chain that keeps x close to N(0, sigma_p^2 I)
-        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].weight)  # u = 0: the chain starts as an Ornstein-Uhlenbeck chain that keeps x ~ prior
         nn.init.zeros_(self.net[-1].bias)
-        # eta_k starts on the authors' linear schedule 0.5 (0.17 + 0.83 (K - k) / K), 0.5 down to 0.14 at K = 8, and is learned
-        # per (step, dim) under the cap eta_max, which keeps the entropy bonus from growing the steps until the critic diverges
+        # eta_k starts on the authors' schedule 0.5 (0.17 + 0.83 (K - k) / K) and is learned per (step, dim) below eta_max
         steps = torch.arange(diffusion_steps, dtype=torch.float32)
         eta = 0.5 * (0.17 + 0.83 * (diffusion_steps - steps) / diffusion_steps)
         self.eta_param = nn.Parameter(torch.logit(eta / eta_max)[:, None].repeat(1, action_dim))
@@ -287,16 +285,12 @@ class DiffusionPolicy(nn.Module):
         return x + eta * (-x / self.prior_std**2 + u), torch.sqrt(2 * eta)
 
     def log_ratio(self, x, k, x_next, mean, std):
-        """l_k = log q(x_{k+1} | x_k, s, k) - log p(x_k | x_{k+1}), given q's mean and std."""
-        # p(x_k | x_{k+1}) = N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k) is normalised in x_k, so l_k is a true log density
-        # ratio (the reference code takes p's drift at x_k with eta_{k+1}, which is not normalised; docs/method.md, section 2)
+        """l_k = log q(x_{k+1} | x_k, s, k) - log p(x_k | x_{k+1}), given q's mean and std (docs/method.md, section 2)."""
         eta = std**2 / 2  # eta_k, from q's std sqrt(2 eta_k)
-        p_mean = x_next - eta * x_next / self.prior_std**2
+        p_mean = x_next - eta * x_next / self.prior_std**2  # p(x_k | x_{k+1}), normalised in x_k
         # q and p share the variance 2 eta_k = std^2, so their normalising constants cancel
         l_k = (((x - p_mean) ** 2 - (x_next - mean) ** 2) / (2 * std**2)).sum(-1)
-        if self.tanh_correction:
-            # at the last step subtract log|d tanh(x_K)/dx_K| = sum_d 2 (log 2 - x_K - softplus(-2 x_K)), as SAC does, so
-            # the bound is of the squashed action and the chain cannot buy entropy in tanh's flat, saturated region
+        if self.tanh_correction:  # l_{K-1} -= log|d tanh(x_K) / dx_K|, so the bound is of the squashed action, as in SAC
             log_det = 2 * (np.log(2.0) - x_next - F.softplus(-2 * x_next)).sum(-1)
             l_k = l_k - torch.where(k == self.diffusion_steps - 1, log_det, 0.0)
         return l_k
@@ -308,11 +302,8 @@ class DiffusionPolicy(nn.Module):
         return x_next, self.log_ratio(x, k, x_next, mean, std)
 
     def sample(self, obs, deterministic=False, with_log_ratios=True):
-        """The whole chain from a fresh prior sample: tanh(x_K), the chain x_0..x_K (B, K+1, A) and l_0..l_{K-1} (B, K).
-
-        deterministic: x_0 = 0 and every step takes the kernel's mean. with_log_ratios=False returns None for the l_k,
-        which acting and evaluation do not need (their cost is a third of each kernel step's for one state).
-        """
+        """The chain from a fresh prior sample: tanh(x_K), x_0..x_K (B, K+1, A) and l_0..l_{K-1} (B, K), or None for the l_k
+        (acting and evaluation, which skip their cost). deterministic: x_0 = 0 and every step takes the kernel's mean."""
         x = torch.zeros(obs.shape[0], self.action_dim, device=obs.device)
         if not deterministic:
             x = self.prior_std * torch.randn_like(x)
