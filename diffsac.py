@@ -144,10 +144,8 @@ def check_args(args):
         probe = gym.make(args.env_id)
     except Exception as error:
         raise SystemExit(f"error: cannot make --env-id {args.env_id!r}: {first_line(error)}") from None
-    if not isinstance(probe.action_space, gym.spaces.Box):
-        raise SystemExit(
-            f"error: --env-id {args.env_id!r} has action space {probe.action_space}; only continuous (Box) actions are supported"
-        )
+    if not isinstance(space := probe.action_space, gym.spaces.Box):
+        raise SystemExit(f"error: --env-id {args.env_id!r} has action space {space}; only continuous (Box) actions are supported")
     probe.close()
     rules = [("seed", "must lie in [0, 2**31)", 0 <= args.seed < 2**31), ("eval_episodes", "must be at least 1", args.eval_episodes >= 1)]
     if args.evaluate_checkpoint is None:

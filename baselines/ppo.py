@@ -19,6 +19,7 @@ in evaluation), rewards by the running std of the discounted return. `diff basel
 Run:  python baselines/ppo.py --env-id Hopper-v5 --total-timesteps 1000000
 """
 
+import contextlib
 import json
 import os
 import random
@@ -307,9 +308,8 @@ if __name__ == "__main__":
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     if args.cuda and not torch.cuda.is_available():
         print("--cuda: no GPU is visible, so the run uses the CPU")
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    for seed_rng in (random.seed, np.random.seed, torch.manual_seed):
+        seed_rng(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
 
     if args.evaluate_checkpoint is not None:
@@ -320,13 +320,11 @@ if __name__ == "__main__":
         raise SystemExit(0)
 
     run_name = f"{args.env_id.replace(':', '_').replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.join("runs", run_name)
-    for copy in range(2, 1000):  # a run started in the same second under the same name gets its own folder, name_2...
-        try:
+    for copy in range(1, 1000):  # a run started in the same second under the same name gets its own folder, name_2...
+        run_dir = os.path.join("runs", run_name if copy == 1 else f"{run_name}_{copy}")
+        with contextlib.suppress(FileExistsError):
             os.makedirs(run_dir)
             break
-        except FileExistsError:
-            run_dir = os.path.join("runs", f"{run_name}_{copy}")
     run_name = os.path.basename(run_dir)
     writer = SummaryWriter(run_dir)
     if args.track:
@@ -455,10 +453,8 @@ if __name__ == "__main__":
             sps = (global_step - last_print_step) / (time.time() - last_print)  # recent speed, for the time left
             last_print, last_print_step = time.time(), global_step
             recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
-            time_left = (args.total_timesteps - global_step) / max(sps, 1e-9) / 60
-            print(
-                f"step {global_step}/{args.total_timesteps} | return {recent} | SPS {sps:.0f} | time left {time_left:.1f} min", flush=True
-            )
+            left = (args.total_timesteps - global_step) / max(sps, 1e-9) / 60
+            print(f"step {global_step}/{args.total_timesteps} | return {recent} | SPS {sps:.0f} | time left {left:.1f} min", flush=True)
 
         if stop:
             print(f"interrupted at env step {global_step}: the run is unfinished", flush=True)

@@ -23,6 +23,7 @@ discounted return, so the critic's range [-value_bound, value_bound] is in units
 Run:  python baselines/wpo.py --env-id Hopper-v5 --total-timesteps 1000000
 """
 
+import contextlib
 import json
 import os
 import random
@@ -130,10 +131,8 @@ def check_args(args):
         probe = gym.make(args.env_id)
     except Exception as error:
         raise SystemExit(f"error: cannot make --env-id {args.env_id!r}: {first_line(error)}") from None
-    if not isinstance(probe.action_space, gym.spaces.Box):
-        raise SystemExit(
-            f"error: --env-id {args.env_id!r} has action space {probe.action_space}; only continuous (Box) actions are supported"
-        )
+    if not isinstance(space := probe.action_space, gym.spaces.Box):
+        raise SystemExit(f"error: --env-id {args.env_id!r} has action space {space}; only continuous (Box) actions are supported")
     probe.close()
     rules = [("seed", "must lie in [0, 2**31)", 0 <= args.seed < 2**31), ("eval_episodes", "must be at least 1", args.eval_episodes >= 1)]
     if args.evaluate_checkpoint is None:  # `> 0` also rejects NaN
@@ -362,9 +361,8 @@ if __name__ == "__main__":
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     if args.cuda and not torch.cuda.is_available():
         print("--cuda: no GPU is visible, so the run uses the CPU")
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    for seed_rng in (random.seed, np.random.seed, torch.manual_seed):
+        seed_rng(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     if args.evaluate_checkpoint is not None:
         agent, saved, env_steps = load_actor(args.evaluate_checkpoint, device)
@@ -374,13 +372,11 @@ if __name__ == "__main__":
         raise SystemExit(0)
 
     run_name = f"{args.env_id.replace(':', '_').replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.join("runs", run_name)
-    for copy in range(2, 1000):  # a run started in the same second under the same name gets its own folder, name_2...
-        try:
+    for copy in range(1, 1000):  # a run started in the same second under the same name gets its own folder, name_2...
+        run_dir = os.path.join("runs", run_name if copy == 1 else f"{run_name}_{copy}")
+        with contextlib.suppress(FileExistsError):
             os.makedirs(run_dir)
             break
-        except FileExistsError:
-            run_dir = os.path.join("runs", f"{run_name}_{copy}")
     run_name = os.path.basename(run_dir)
     writer = SummaryWriter(run_dir)
     if args.track:
