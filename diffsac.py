@@ -1,33 +1,33 @@
 """DiffSAC: Soft Actor-Critic on the Diffusion-Augmented MDP (arXiv 2512.02019), diffusion policy.
 
 Maximum-entropy RL maximises E[ sum_t gamma^t (r_t + alpha * H(pi(.|s_t))) ].
-Here the policy is a K-step denoising chain in pre-tanh space R^A (A action dimensions) with a drift MLP u(s, x_k, k)
-and step sizes eta_k learned in (0, eta_max) per step and dimension (docs/method.md, sections 2-4):
+The policy is a K-step denoising chain in pre-tanh space R^A (docs/method.md, section 2) with a drift MLP u(s, x_k, k)
+and step sizes eta_k learned in (0, eta_max) per step and dimension:
 
     x_0 ~ N(0, sigma_p^2 I),  q(x_{k+1} | x_k, s, k) = N(x_k + eta_k (-x_k / sigma_p^2 + u(s, x_k, k)), 2 eta_k)
     a = tanh(x_K) in [-1, 1]^A (the env sees low + (a + 1) / 2 * (high - low))
 
-log pi(a|s) of a chain is intractable. The DA-MDP makes each denoising step an MDP step (state (s, x_k, k), action
-x_{k+1}, env reward and discount only at k = K-1) and replaces log pi by the log ratio against a noising kernel p,
-the u = 0 chain run backwards, so that l_k measures how far u moves x away from the prior:
+log pi(a|s) of a chain has no closed form. Each step is compared with a noising kernel p that carries x_{k+1} back
+towards the prior; the log ratios l_k give a lower bound H_hat of the entropy (its gap: KL of the chain given x_K to p):
 
     p(x_k | x_{k+1}) = N(x_{k+1} - eta_k x_{k+1} / sigma_p^2, 2 eta_k),   l_k = log q(x_{k+1}|x_k,s,k) - log p(x_k|x_{k+1})
-    l_{K-1} also subtracts sum_d log(1 - tanh(x_{K,d})^2)    (the tanh correction, as in SAC)
-    H_hat = H_prior - sum_k l_k  <=  H(pi(.|s)) in expectation,  H_prior = A/2 log(2 pi e sigma_p^2)
+    l_{K-1} also subtracts sum_d log(1 - tanh(x_{K,d})^2)    (the tanh correction, as in SAC; --no-tanh-correction drops it)
+    H_hat = H_prior - E[sum_k l_k]  <=  H(pi(.|s)),  H_prior = A/2 log(2 pi e sigma_p^2) (the prior's entropy)
 
-SAC runs on the DA-MDP. Each DA step k earns the bonus -alpha l_k; the env step (k = K-1) also earns r, and each new
-chain's x_0 earns alpha H_prior, so the bonuses of one env step sum to alpha H_hat. The buffer holds env transitions
-(s, a, r, s') and no x_k, which would be an old policy's. Each update draws one chain x'_0 -> x'_K of the current policy
-(no gradient) at each replayed s', with a' = tanh(x'_K). A row of the batch is one DA transition, at k = K-1 (share
---last-step-share) or k < K-1 (uniform). The chain supplies the rows' targets and the actor's inputs; the actor's
-gradient goes through one kernel step per row, never through the chain:
+The DA-MDP (section 3) makes each denoising step an MDP step: state (s, x_k, k), action x_{k+1}, bonus -alpha * l_k;
+only the env step k = K-1 also earns r and discounts, and each new chain's x_0 earns alpha * H_prior. SAC runs on it.
+The buffer holds env transitions (s, a, r, s'). Each update draws one chain x'_0..x'_K of the current policy (no
+gradient) at each replayed s', with log ratios l'_k and a' = tanh(x'_K). A batch row is the env step k = K-1 (share
+--last-step-share) or an in-chain step k < K-1 (uniform). Q_i are Polyak-averaged into Qbar_i:
 
-    row k = K-1    y = r + gamma (1 - terminated) [min_i Qbar_i(s', a', K-1) - alpha (sum_j l'_j - H_prior)],  for Q_i(s, a, K-1)
-    row k < K-1    y = min_i Qbar_i(s', a', K-1) - alpha (l'_{k+1} + ... + l'_{K-1}),  for Q_i(s', tanh(x'_{k+1}), k)
-    actor loss     E[alpha l_k(theta) - min_i Q_i(s', tanh(x_{k+1}(theta)), k)],  x_{k+1} ~ q(.|x'_k, s', k) reparameterised
+    row k = K-1    Q_i(s, a, K-1) <- y = r + gamma * (1 - terminated) * [ min_i Qbar_i(s', a', K-1) - alpha * (sum_j l'_j - H_prior) ]
+    row k < K-1    Q_i(s', tanh(x'_{k+1}), k) <- y = min_i Qbar_i(s', a', K-1) - alpha * (l'_{k+1} + ... + l'_{K-1})
+    actor loss     E[ alpha * l_k - min_i Q_i(s', tanh(x_{k+1}), k) ],  x_{k+1} ~ q(.|x'_k, s', k) reparameterised
     temperature    fixed by default; --autotune: loss alpha * stopgrad(H_hat - H_target),  H_target = -c * A (c: --target-entropy-scale)
 
-Q_i are Polyak-averaged into Qbar_i. `diff baselines/sac.py diffsac.py` shows what the diffusion chain changes.
+An in-chain target is the rest of the same chain, the current policy's continuation from x'_{k+1} (no r or gamma inside
+an env step), so only the env-step critic is bootstrapped. The actor's gradient goes through one kernel step per row,
+never through the chain: an update costs K kernel calls without gradient and one with.
 
 Run:  python diffsac.py --env-id Hopper-v5 --total-timesteps 100000
 """
@@ -100,11 +100,11 @@ class Args:
     """the learning rate of the critics"""
     hidden_dim: int = 256
     """width of the hidden layers of every network"""
-    alpha_init: float = 0.005  # small: the bound H_hat also charges the chain for moving away from the prior
+    alpha_init: float = 0.005  # below SAC's 0.1: H_hat's scale is set by the chain's KL to p, not by H(pi) alone
     """initial entropy temperature alpha"""
     autotune: bool = False  # off: H_hat falls further below H(pi) as the policy learns, so a fixed target keeps raising alpha
     """if toggled, alpha is tuned towards the entropy target"""
-    target_entropy_scale: float = 4.0  # above SAC's 1: the bound H_hat lies nats per dimension below H(pi)
+    target_entropy_scale: float = 4.0  # above SAC's 1: with --autotune, as H_hat lies several nats per dimension below H(pi)
     """c in the entropy target H_target = -c * action_dim"""
     diffusion_steps: int = 8
     """K, the number of denoising steps of the chain"""
@@ -192,9 +192,8 @@ def mlp(in_dim, out_dim, hidden_dim, layer_norm=False):
 
 
 class SoftQNetwork(nn.Module):
-    """Q(s, a, k), the soft value of choosing x_{k+1} at denoising step k (what follows depends on s, x_{k+1} and k, not on
-    x_k), seen as a = tanh(x_{k+1}) in [-1, 1]^A (at k = K-1 the env's action, as in SAC); the bounded input keeps the
-    actor from chasing the critic's extrapolation to large |x|."""
+    """Q(s, a, k), the soft value of choosing x_{k+1} at denoising step k, on a = tanh(x_{k+1}) (at k = K-1 the env's action).
+    The bounded input keeps the actor from chasing the critic's extrapolation to large |x|."""
 
     def __init__(self, obs_dim, action_dim, hidden_dim, diffusion_steps):
         super().__init__()
@@ -342,6 +341,7 @@ def temperature_loss(log_alpha, entropy, target_entropy):
 
 
 # ============ EVALUATION AND CHECKPOINTS ============
+@torch.no_grad()
 def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=None):
     """Undiscounted returns of `episodes` episodes on a fresh env, episode i reset with seed + i."""
     env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
@@ -354,8 +354,8 @@ def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=Non
             obs, _ = env.reset(seed=seed + episode)
             terminated = truncated = False
             while not (terminated or truncated):
-                with torch.no_grad():
-                    action = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic, False)[0]
+                obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
+                action = actor.sample(obs_tensor, deterministic, with_log_ratios=False)[0]
                 obs, reward, terminated, truncated, _ = env.step(to_env(action[0].cpu().numpy(), env.action_space))
                 returns[episode] += float(reward)
     env.close()
@@ -466,7 +466,7 @@ if __name__ == "__main__":
                 alpha = log_alpha.exp().item()
                 k = sample_steps(args.batch_size, args.diffusion_steps, args.last_step_share, device)
                 with torch.no_grad():  # a sample of the current policy at the replayed s'
-                    _, chain, log_ratios = actor.sample(batch["next_obs"])
+                    next_action, chain, log_ratios = actor.sample(batch["next_obs"])
                 qf_loss, qf1_values = critic_loss(batch, k, chain, log_ratios, actor, qf1, qf2, qf1_target, qf2_target, alpha, args.gamma)
                 gradient_step(q_optimizer, qf_loss, "qf_loss", global_step)
                 policy_loss = actor_loss(batch, k, chain, actor, qf1, qf2, alpha)
@@ -484,7 +484,7 @@ if __name__ == "__main__":
                 scalars = {"losses/qf_loss": qf_loss.item() / 2, "losses/qf1_values": qf1_values.mean().item()}
                 scalars |= {"losses/actor_loss": policy_loss.item(), "losses/alpha": log_alpha.exp().item()}
                 scalars["diffusion/entropy"] = entropy.item()
-                scalars["diffusion/saturated_fraction"] = (chain[:, -1].tanh().abs() > 0.99).float().mean().item()
+                scalars["diffusion/saturated_fraction"] = (next_action.abs() > 0.99).float().mean().item()
                 scalars |= {f"diffusion/eta_{j}": eta_j.item() for j, eta_j in enumerate(actor.eta().mean(-1))}
                 log_scalars(global_step, scalars | {"charts/SPS": int(global_step / (time.time() - start_time))})
 

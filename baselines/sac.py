@@ -1,7 +1,7 @@
 """SAC: Soft Actor-Critic with a tanh-Gaussian policy, the Gaussian twin of diffsac.py.
 
 Maximum-entropy RL maximises E[ sum_t gamma^t (r_t + alpha * H(pi(.|s_t))) ].
-SAC learns twin soft Q functions and a reparameterised tanh-Gaussian policy over A action dimensions:
+SAC learns twin soft Q functions Q_i, Polyak-averaged into Qbar_i, and a reparameterised tanh-Gaussian policy:
 
     x ~ N(mu(s), sigma(s)^2),   a = tanh(x) in [-1, 1]^A (the env sees low + (a + 1) / 2 * (high - low))
     log pi(a|s) = log N(x; mu, sigma) - sum_d log(1 - tanh(x_d)^2)
@@ -10,7 +10,7 @@ SAC learns twin soft Q functions and a reparameterised tanh-Gaussian policy over
     actor loss     E_s[ alpha * log pi(a|s) - min_i Q_i(s, a) ],  a ~ pi(.|s) reparameterised
     temperature    loss alpha * stopgrad(H_hat - H_target),  H_hat = -mean(log pi),  H_target = -c * A (c: --target-entropy-scale)
 
-Q_i are Polyak-averaged into Qbar_i. `diff baselines/sac.py diffsac.py` shows what the diffusion chain changes.
+A is the number of action dimensions. `diff baselines/sac.py diffsac.py` shows what the diffusion chain changes.
 
 Run:  python baselines/sac.py --env-id Hopper-v5 --total-timesteps 100000
 """
@@ -246,6 +246,7 @@ def temperature_loss(log_alpha, entropy, target_entropy):
 
 
 # ============ EVALUATION AND CHECKPOINTS ============
+@torch.no_grad()
 def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=None):
     """Undiscounted returns of `episodes` episodes on a fresh env, episode i reset with seed + i."""
     env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
@@ -258,8 +259,8 @@ def evaluate(actor, env_id, episodes, seed, deterministic, device, video_dir=Non
             obs, _ = env.reset(seed=seed + episode)
             terminated = truncated = False
             while not (terminated or truncated):
-                with torch.no_grad():
-                    action = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)[0]
+                obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
+                action = actor.sample(obs_tensor, deterministic)[0]
                 obs, reward, terminated, truncated, _ = env.step(to_env(action[0].cpu().numpy(), env.action_space))
                 returns[episode] += float(reward)
     env.close()
