@@ -531,7 +531,7 @@ if __name__ == "__main__":
         outside = (targets.abs() > args.value_bound).float().mean().item()
         scalars |= {"losses/target_outside_fraction": outside, "losses/reward_scale": return_normalizer.scale()}
         saturated = (chains[:, -1].tanh().abs() > 0.99).float().mean().item()
-        scalars |= {"diffusion/entropy": entropy.item(), "diffusion/saturated_fraction": saturated}
+        scalars |= {"diffusion/entropy": entropy.item(), "policy/saturated_fraction": saturated}
         scalars |= {f"diffusion/eta_{j}": eta_j.item() for j, eta_j in enumerate(actor.eta().mean(-1))}
         log_scalars(global_step, scalars | {"charts/SPS": int(global_step / (time.time() - start_time))})
 

@@ -541,9 +541,8 @@ if __name__ == "__main__":
         scalars = {"charts/learning_rate": optimizer.param_groups[0]["lr"], "losses/value_loss": v_loss.item()}
         scalars |= {"losses/policy_loss": pg_loss.item(), "losses/approx_kl": approx_kl.item()}
         scalars |= {"losses/clipfrac": float(np.mean(clip_fractions)), "losses/explained_variance": explained_variance.item()}
-        scalars["diffusion/eps"] = args.ent_coef  # and the chain's entropy bound H_prior - sum_k l_k, per env step
-        scalars["diffusion/entropy"] = agent.policy.prior_entropy() - log_ratio_buf.sum(1).mean().item()
-        scalars["diffusion/saturated_fraction"] = (torch.tanh(chain_buf[:, -1]).abs() > 0.99).float().mean().item()
+        scalars |= {"policy/eps": args.ent_coef, "diffusion/entropy": agent.policy.prior_entropy() - log_ratio_buf.sum(1).mean().item()}
+        scalars["policy/saturated_fraction"] = (torch.tanh(chain_buf[:, -1]).abs() > 0.99).float().mean().item()
         scalars |= {f"diffusion/eta_{j}": eta_j.item() for j, eta_j in enumerate(agent.policy.eta().mean(-1))}
         log_scalars(global_step, scalars | {"charts/SPS": int(global_step / (time.time() - start_time))})
 

@@ -484,7 +484,7 @@ if __name__ == "__main__":
                 scalars = {"losses/qf_loss": qf_loss.item() / 2, "losses/qf1_values": qf1_values.mean().item()}
                 scalars |= {"losses/actor_loss": policy_loss.item(), "losses/alpha": log_alpha.exp().item()}
                 scalars["diffusion/entropy"] = entropy.item()
-                scalars["diffusion/saturated_fraction"] = (next_action.abs() > 0.99).float().mean().item()
+                scalars["policy/saturated_fraction"] = (next_action.abs() > 0.99).float().mean().item()
                 scalars |= {f"diffusion/eta_{j}": eta_j.item() for j, eta_j in enumerate(actor.eta().mean(-1))}
                 log_scalars(global_step, scalars | {"charts/SPS": int(global_step / (time.time() - start_time))})
 

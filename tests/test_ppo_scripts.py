@@ -54,9 +54,9 @@ def test_trains_logs_saves_and_reloads_with_the_normaliser(script, tmp_path):
         assert torch.equal(getattr(actor.obs_rms, name), checkpoint["actor"][f"obs_rms.{name}"])
     if script == "diffppo.py":
         assert checkpoint["actor"]["policy.net.4.weight"].abs().sum() > 0  # the drift network's last layer starts at zero
-        logged = {f"diffusion/eta_{k}" for k in range(4)} | {"diffusion/eps", "diffusion/entropy", "diffusion/saturated_fraction"}
+        logged = {f"diffusion/eta_{k}" for k in range(4)} | {"policy/eps", "diffusion/entropy", "policy/saturated_fraction"}
         assert logged <= updates[0].keys() and "diffusion/eta_4" not in updates[0]
-        assert updates[0]["diffusion/eps"] == 2e-4
+        assert updates[0]["policy/eps"] == 2e-4
         # the first rollout samples the untrained chain (u = 0, the same at every state): its bound H_prior - sum_k l_k
         policy = load_script(script).DiffusionPolicy(11, 3, 64, 4, 1.0, 1.0, True)
         with torch.no_grad():

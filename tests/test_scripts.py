@@ -65,7 +65,7 @@ def test_diffsac_logs_the_chain(tmp_path):
     assert result.returncode == 0, result.stderr
     run_dir = only_run_dir(tmp_path)
     row = next(row for row in read_metrics(run_dir) if "losses/qf_loss" in row)
-    assert {"diffusion/eta_0", "diffusion/eta_2", "diffusion/entropy", "diffusion/saturated_fraction"} <= row.keys()
+    assert {"diffusion/eta_0", "diffusion/eta_2", "diffusion/entropy", "policy/saturated_fraction"} <= row.keys()
     assert "diffusion/eta_3" not in row
     assert row["diffusion/eta_0"] == pytest.approx(0.5, abs=0.01)
     assert list((run_dir / "videos").glob("*.mp4")), "--capture-video wrote no video"
