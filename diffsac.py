@@ -212,7 +212,7 @@ class DiffusionPolicy(nn.Module):
         self.action_dim, self.diffusion_steps, self.prior_std = action_dim, diffusion_steps, prior_std
         self.eta_max, self.tanh_correction = eta_max, tanh_correction
         self.net = mlp(obs_dim + action_dim + diffusion_steps, action_dim, hidden_dim)
-        nn.init.zeros_(self.net[-1].weight)  # u = 0: the chain starts as an Ornstein-Uhlenbeck chain that keeps x ~ prior
+        nn.init.zeros_(self.net[-1].weight)  # u = 0: the chain starts as an Ornstein-Uhlenbeck chain that keeps x near the prior
         nn.init.zeros_(self.net[-1].bias)
         # eta_k starts on the authors' schedule 0.5 (0.17 + 0.83 (K - k) / K) and is learned per (step, dim) below eta_max
         steps = torch.arange(diffusion_steps, dtype=torch.float32)
